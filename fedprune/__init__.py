@@ -1,0 +1,3 @@
+"""fedprune: federated personalized-pruning simulator built on Flower."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""Tables (and later figures) comparing runs."""
+
+from fedprune.analysis.table import format_table
+
+__all__ = ["format_table"]

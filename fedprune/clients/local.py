@@ -1,0 +1,59 @@
+"""Local training and evaluation of a (possibly masked) model: pure torch."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedprune.pruning.masks import Masks, apply_masks
+
+
+def train_local(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    momentum: float,
+    masks: Masks | None,
+    generator: torch.Generator,
+) -> float:
+    """SGD for ``epochs`` over ``(x, y)``; returns the mean training loss.
+
+    Pruned entries stay exactly zero: their gradients are zeroed before every
+    step and the masks are re-applied after it (momentum cannot revive them).
+    """
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
+    params = dict(model.named_parameters())
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=generator)
+        for start in range(0, len(y), batch_size):
+            batch = order[start : start + batch_size]
+            optimizer.zero_grad()
+            loss = loss_fn(model(x[batch]), y[batch])
+            loss.backward()
+            if masks:
+                for name, mask in masks.items():
+                    params[name].grad.mul_(mask)
+            optimizer.step()
+            if masks:
+                apply_masks(model, masks)
+            total += float(loss) * len(batch)
+            count += len(batch)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """Fraction of ``x`` that ``model`` classifies as ``y``."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start : start + batch_size])
+        correct += int((logits.argmax(dim=1) == y[start : start + batch_size]).sum())
+    return correct / max(len(y), 1)

@@ -1,0 +1,205 @@
+"""Experiment configuration: defaults, TOML and ``key=value`` overrides, validation.
+
+Every setting is one flat key (the config reference in README.md lists them).
+Validation happens before anything runs; a bad value raises ``ConfigError``
+naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from fedprune.data.datasets import DATASET_NAMES
+from fedprune.data.partition import PARTITIONERS
+from fedprune.models.builders import MODEL_NAMES
+from fedprune.pruning.magnitude import SCOPES
+
+from fedprune.methods import METHODS
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: data, model, federation, local training and pruning settings."""
+
+    methods: list[str] = field(default_factory=lambda: ["fedavg", "gmp"])
+    seed: int = 0
+    # data
+    dataset: str = "digits"
+    partitioner: str = "pathological"
+    num_clients: int = 10
+    classes_per_client: int = 2
+    dirichlet_alpha: float = 0.5
+    test_fraction: float = 0.2
+    # model
+    model: str = "mlp"
+    mlp_widths: list[int] = field(default_factory=lambda: [128, 64])
+    cnn_channels: list[int] = field(default_factory=lambda: [16, 32])
+    cnn_hidden: int = 64
+    # federation
+    rounds: int = 20
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    evaluate_every: int = 1
+    # local training
+    local_epochs: int = 2
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    # pruning (gmp: cubic schedule over rounds)
+    initial_sparsity: float = 0.0
+    final_sparsity: float = 0.8
+    prune_start_round: int = 1
+    prune_end_round: int = 4
+    prune_frequency: int = 1
+    gmp_scope: str = "layer"
+    # simulation
+    num_cpus_per_client: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every setting (JSON/TOML friendly)."""
+        return dataclasses.asdict(self)
+
+
+_FIELDS = get_type_hints(ExperimentConfig)
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASET_NAMES,
+    "partitioner": PARTITIONERS,
+    "model": MODEL_NAMES,
+    "gmp_scope": SCOPES,
+}
+
+
+def _type_name(kind: Any) -> str:
+    if get_origin(kind) is list:
+        return f"a list of {get_args(kind)[0].__name__}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check ``value`` against the field's type; lists also accept a comma string."""
+    kind = _FIELDS[name]
+    if get_origin(kind) is list:
+        item = get_args(kind)[0]
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+            if item is int:
+                try:
+                    value = [int(part) for part in value]
+                except ValueError:
+                    raise ConfigError(f"{name}: expected {_type_name(kind)}, got {value!r}") from None
+        if not isinstance(value, list) or not all(
+            isinstance(v, item) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(f"{name}: expected {_type_name(kind)}, got {value!r}")
+        return list(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{name}: expected {_type_name(kind)}, got {value!r}")
+    return value
+
+
+def _check_ranges(cfg: ExperimentConfig, num_examples: int) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    for name, allowed in _CHOICES.items():
+        value = getattr(cfg, name)
+        need(value in allowed, f"{name}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+    need(len(cfg.methods) > 0, f"methods: give at least one; allowed: {', '.join(METHODS)}")
+    for method in cfg.methods:
+        need(method in METHODS, f"methods: unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    need(len(set(cfg.methods)) == len(cfg.methods), "methods: a method is listed twice")
+    for name in ("initial_sparsity", "final_sparsity"):
+        value = getattr(cfg, name)
+        need(0.0 <= value < 1.0, f"{name}: {value} is outside the allowed range [0, 1)")
+    for name in ("fraction_train", "fraction_evaluate"):
+        value = getattr(cfg, name)
+        need(0.0 < value <= 1.0, f"{name}: {value} is outside the allowed range (0, 1]")
+    need(0.0 < cfg.test_fraction < 1.0, f"test_fraction: {cfg.test_fraction} is outside the allowed range (0, 1)")
+    for name in ("rounds", "local_epochs", "batch_size", "evaluate_every", "prune_frequency",
+                 "num_clients", "classes_per_client", "cnn_hidden"):
+        value = getattr(cfg, name)
+        need(value >= 1, f"{name}: {value} must be at least 1")
+    need(cfg.prune_start_round >= 1, f"prune_start_round: {cfg.prune_start_round} must be at least 1")
+    need(cfg.prune_end_round >= cfg.prune_start_round,
+         f"prune_end_round: {cfg.prune_end_round} must be at least prune_start_round ({cfg.prune_start_round})")
+    need(cfg.learning_rate > 0, f"learning_rate: {cfg.learning_rate} must be positive")
+    need(0.0 <= cfg.momentum < 1.0, f"momentum: {cfg.momentum} is outside the allowed range [0, 1)")
+    need(cfg.dirichlet_alpha > 0, f"dirichlet_alpha: {cfg.dirichlet_alpha} must be positive")
+    need(cfg.num_cpus_per_client > 0, f"num_cpus_per_client: {cfg.num_cpus_per_client} must be positive")
+    for name in ("mlp_widths", "cnn_channels"):
+        widths = getattr(cfg, name)
+        need(len(widths) > 0 and min(widths) >= 1, f"{name}: widths must be a non-empty list of positive integers")
+    need(cfg.num_clients <= num_examples,
+         f"num_clients: {cfg.num_clients} clients but dataset {cfg.dataset!r} has only {num_examples} examples")
+    if cfg.partitioner == "pathological":
+        need(cfg.classes_per_client <= 10 or cfg.dataset != "digits",
+             f"classes_per_client: {cfg.classes_per_client} exceeds the 10 classes of digits")
+
+
+def make_config(values: Mapping[str, Any]) -> ExperimentConfig:
+    """Build and validate a config from a flat mapping (keys may use '-' for '_')."""
+    settings: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        key = raw_key.replace("-", "_")
+        if key not in _FIELDS:
+            raise ConfigError(f"{raw_key}: unknown key; allowed: {', '.join(sorted(_FIELDS))}")
+        settings[key] = _coerce(key, value)
+    cfg = ExperimentConfig(**settings)
+    if cfg.dataset not in DATASET_NAMES:
+        raise ConfigError(f"dataset: unknown value {cfg.dataset!r}; allowed: {', '.join(DATASET_NAMES)}")
+    from fedprune.data.datasets import load_dataset
+
+    table, _ = load_dataset(cfg.dataset)
+    _check_ranges(cfg, len(table))
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with a TOML value (``0.5``, ``[64, 32]``, ``"x"``); bare words are strings."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Defaults, then the TOML file ``path`` (flat keys), then ``key=value`` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values.update(tomllib.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"--config: file {str(path)!r} not found") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"--config: {path} is not valid TOML ({error})") from None
+    for text in overrides:
+        key, value = parse_override(text)
+        values[key] = value
+    return make_config(values)
+
+
+RUN_ONLY_KEYS = ("out-dir", "verbose")
+
+
+def config_from_run_config(run_config: Mapping[str, Any]) -> ExperimentConfig:
+    """The experiment config from Flower's run config (``[tool.flwr.app.config]``).
+
+    ``out-dir`` and ``verbose`` are read by the apps themselves, not by the config.
+    """
+    return make_config({k: v for k, v in run_config.items() if k not in RUN_ONLY_KEYS})

@@ -1,0 +1,76 @@
+"""Split a dataset across clients with Flower Datasets partitioners, then locally."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import datasets
+import torch
+from flwr_datasets.partitioner import (
+    DirichletPartitioner,
+    IidPartitioner,
+    Partitioner,
+    PathologicalPartitioner,
+)
+
+PARTITIONERS = ("iid", "dirichlet", "pathological")
+
+
+def make_partitioner(
+    kind: str,
+    num_clients: int,
+    seed: int,
+    alpha: float = 0.5,
+    classes_per_client: int = 2,
+) -> Partitioner:
+    """A Flower Datasets partitioner of ``kind`` (one of ``PARTITIONERS``) over ``label``."""
+    if kind == "iid":
+        return IidPartitioner(num_partitions=num_clients)
+    if kind == "dirichlet":
+        return DirichletPartitioner(
+            num_partitions=num_clients,
+            partition_by="label",
+            alpha=alpha,
+            min_partition_size=2,
+            self_balancing=True,
+            seed=seed,
+        )
+    if kind == "pathological":
+        return PathologicalPartitioner(
+            num_partitions=num_clients,
+            partition_by="label",
+            num_classes_per_partition=classes_per_client,
+            class_assignment_mode="first-deterministic",
+            seed=seed,
+        )
+    raise ValueError(f"partitioner: unknown partitioner {kind!r}; allowed: {', '.join(PARTITIONERS)}")
+
+
+@dataclass
+class ClientData:
+    """One client's local train and test tensors."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def _tensors(table: datasets.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    table = table.with_format("numpy")
+    return torch.from_numpy(table["features"][:]).float(), torch.from_numpy(table["label"][:]).long()
+
+
+def client_data(
+    partitioner: Partitioner, table: datasets.Dataset, client: int, test_fraction: float, seed: int
+) -> ClientData:
+    """Client ``client``'s partition split into local train and test parts (seeded)."""
+    if partitioner.is_dataset_assigned() is False:
+        partitioner.dataset = table
+    partition = partitioner.load_partition(client)
+    if len(partition) < 2:
+        raise ValueError(f"num_clients: client {client} received {len(partition)} examples; use fewer clients")
+    split = partition.train_test_split(test_size=test_fraction, seed=seed + client)
+    train_x, train_y = _tensors(split["train"])
+    test_x, test_y = _tensors(split["test"])
+    return ClientData(train_x, train_y, test_x, test_y)

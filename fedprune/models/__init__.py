@@ -1,0 +1,7 @@
+"""Model builders. Every model exposes ``head``: its final classifier layer."""
+
+from fedprune.models.builders import MODEL_NAMES, build_model
+from fedprune.models.cnn import CNN
+from fedprune.models.mlp import MLP
+
+__all__ = ["CNN", "MLP", "MODEL_NAMES", "build_model"]

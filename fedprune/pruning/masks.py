@@ -1,0 +1,55 @@
+"""Unstructured masks: which parameters are prunable, applying masks, bitmap codec."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+Masks = dict[str, torch.Tensor]
+
+
+def prunable_names(model: nn.Module) -> list[str]:
+    """Names of the weights of every ``Linear`` and ``Conv`` layer, in module order."""
+    names = []
+    for module_name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            names.append(f"{module_name}.weight" if module_name else "weight")
+    return names
+
+
+def full_masks(model: nn.Module) -> Masks:
+    """All-true masks for every prunable weight (nothing pruned yet)."""
+    params = dict(model.named_parameters())
+    return {name: torch.ones_like(params[name], dtype=torch.bool) for name in prunable_names(model)}
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Masks) -> None:
+    """Zero every pruned entry of ``model`` in place."""
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        params[name].mul_(mask.to(params[name].dtype))
+
+
+def mask_sparsity(masks: Masks) -> float:
+    """Fraction of pruned entries over all masked parameters (0 for no masks)."""
+    total = sum(mask.numel() for mask in masks.values())
+    if total == 0:
+        return 0.0
+    kept = sum(int(mask.sum()) for mask in masks.values())
+    return 1.0 - kept / total
+
+
+def encode_bitmap(mask: torch.Tensor) -> np.ndarray:
+    """Pack a boolean mask into bits (1 bit per entry, row-major, numpy.packbits)."""
+    return np.packbits(mask.detach().cpu().numpy().astype(bool).reshape(-1))
+
+
+def decode_bitmap(bits: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of ``encode_bitmap`` for a mask of ``shape``."""
+    count = int(np.prod(shape))
+    if bits.dtype != np.uint8 or bits.size != (count + 7) // 8:
+        raise ValueError(f"bitmap of {bits.size} bytes does not fit a mask of shape {shape}")
+    flat = np.unpackbits(bits, count=count).astype(bool)
+    return torch.from_numpy(flat.reshape(shape))

@@ -1,0 +1,64 @@
+"""The Flower ServerApp: runs every configured method in turn and writes the run folder.
+
+Run folder: ``config.json`` (the resolved config), ``rounds.jsonl`` (per-round,
+per-client records) and ``summary.json`` (``{"methods": [...]}``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedprune.analysis import format_table
+from fedprune.config import ExperimentConfig, config_from_run_config
+from fedprune.server.loop import CountingGrid, discover_partitions, run_method
+from fedprune.server.records import Recorder
+
+def write_json_atomic(path: Path, payload: object) -> None:
+    """Write JSON to ``path`` through a temporary file, so readers never see half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: Path,
+                   progress: Callable[[str], None] = print) -> list[dict]:
+    """Run every method of ``cfg`` on the nodes of ``grid``; write and return the summary rows."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "config.json", cfg.to_dict())
+    recorder = Recorder(out_dir)
+    try:
+        partition_of = discover_partitions(grid, recorder)
+        if len(partition_of) != cfg.num_clients:
+            raise RuntimeError(f"{len(partition_of)} nodes connected, config asks for {cfg.num_clients}")
+        counting = CountingGrid(grid, recorder, partition_of)
+        rows = [run_method(cfg, method, counting, recorder, progress) for method in cfg.methods]
+    finally:
+        recorder.close()
+    write_json_atomic(out_dir / "summary.json", {"methods": rows})
+    progress("\n" + format_table(rows))
+    return rows
+
+
+def build_server_app(cfg: ExperimentConfig | None = None, out_dir: Path | None = None,
+                     progress: Callable[[str], None] = print) -> ServerApp:
+    """A ServerApp for ``cfg``; with None, config and ``out-dir`` come from the run config."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_cfg = dict(context.run_config)
+        settings = cfg if cfg is not None else config_from_run_config(run_cfg)
+        folder = out_dir or Path(str(run_cfg.get("out-dir") or f"runs/flwr-{time.strftime('%Y%m%d-%H%M%S')}"))
+        run_experiment(grid, settings, folder.resolve(), progress)
+
+    return app
+
+
+app = build_server_app()

@@ -1,0 +1,153 @@
+"""The round loop of one method: train, aggregate, evaluate, record, report progress."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedprune import wire
+from fedprune.clients.local import accuracy
+from fedprune.config import ExperimentConfig
+from fedprune.methods import METHODS
+from fedprune.server.records import MethodTally, Recorder
+from fedprune.strategies import DenseFedAvg, MaskedFedAvg, PersonalizedStrategy
+from fedprune.task import initial_model, new_model, union_test_set
+
+TIMEOUT_S = 3600.0
+MB = 1e6
+
+
+class CountingGrid:
+    """Sends through a Flower ``Grid`` and records every message's bytes both ways."""
+
+    def __init__(self, grid: Grid, recorder: Recorder, partition_of: dict[int, int]) -> None:
+        self.grid = grid
+        self.recorder = recorder
+        self.partition_of = partition_of
+
+    def exchange(self, messages: Iterable[Message], tally: MethodTally | None, phase: str,
+                 server_round: int) -> list[Message]:
+        """Send ``messages``, wait for replies, record down/up bytes per client."""
+        messages = list(messages)
+        down = {m.metadata.dst_node_id: wire.message_bytes(m) for m in messages}
+        replies = list(self.grid.send_and_receive(messages, timeout=TIMEOUT_S))
+        up = {r.metadata.src_node_id: wire.message_bytes(r) for r in replies}
+        for node, size in sorted(down.items(), key=lambda item: self.partition_of.get(item[0], -1)):
+            self.recorder.write(method=tally.method if tally else None, round=server_round,
+                                phase=phase, client=self.partition_of.get(node),
+                                bytes_down=size, bytes_up=up.get(node, 0))
+        if tally is not None:
+            tally.bytes_down += sum(down.values())
+            tally.bytes_up += sum(up.values())
+        return replies
+
+
+def discover_partitions(grid: Grid, recorder: Recorder) -> dict[int, int]:
+    """Ask every node for its partition id (one small query message each)."""
+    nodes = sorted(grid.get_node_ids())
+    queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+    counting = CountingGrid(grid, recorder, {})
+    replies = counting.exchange(queries, None, "setup", 0)
+    mapping = {}
+    for reply in replies:
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id} failed to report its partition: "
+                               f"{reply.error.reason}")
+        mapping[reply.metadata.src_node_id] = int(reply.content["info"]["partition-id"])
+    return mapping
+
+
+def make_strategy(cfg: ExperimentConfig, method: str, template: dict[str, torch.Tensor],
+                  partition_of: dict[int, int]) -> PersonalizedStrategy:
+    """The strategy that ``method`` aggregates with."""
+    kind = {"dense": DenseFedAvg, "masked": MaskedFedAvg}[METHODS[method].aggregation]
+    return kind(template, partition_of, method, seed=cfg.seed,
+                fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate)
+
+
+def global_accuracy(cfg: ExperimentConfig, arrays: ArrayRecord) -> float:
+    """The global model's accuracy on the union of all clients' test parts."""
+    model = new_model(cfg)
+    model.load_state_dict({k: torch.from_numpy(v.numpy().copy()) for k, v in arrays.items()})
+    x, y = union_test_set(cfg)
+    return accuracy(model, x, y)
+
+
+def run_method(cfg: ExperimentConfig, method: str, grid: CountingGrid, recorder: Recorder,
+               progress: Callable[[str], None]) -> dict:
+    """Run ``cfg.rounds`` rounds of ``method``; return its summary row."""
+    started = time.perf_counter()
+    model = initial_model(cfg)
+    template = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    arrays = ArrayRecord({k: Array(v.numpy()) for k, v in template.items()})
+    strategy = make_strategy(cfg, method, template, grid.partition_of)
+    tally = MethodTally(method)
+    for server_round in range(1, cfg.rounds + 1):
+        round_start = time.perf_counter()
+        replies = grid.exchange(strategy.configure_train(server_round, arrays, ConfigRecord(), grid.grid),
+                                tally, "train", server_round)
+        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+        for reply in replies:
+            if not reply.has_error():
+                metrics = reply.content["metrics"]
+                partition = int(metrics["partition-id"])
+                tally.sparsity[partition] = float(metrics["sparsity"])
+                recorder.write(method=method, round=server_round, phase="train-metrics", client=partition,
+                               train_loss=metrics["train-loss"], sparsity=metrics["sparsity"],
+                               compute_seconds=metrics["compute-seconds"],
+                               num_examples=metrics["num-examples"])
+        last = server_round == cfg.rounds
+        if last or server_round % cfg.evaluate_every == 0:
+            evaluate_personal(strategy, grid, tally, recorder, arrays, server_round, all_clients=last)
+            tally.global_accuracy = global_accuracy(cfg, arrays)
+            recorder.write(method=method, round=server_round, phase="global",
+                           global_accuracy=tally.global_accuracy)
+        mean_acc = statistics.fmean(tally.personal_accuracy.values()) if tally.personal_accuracy else math.nan
+        progress(f"[{method}] round {server_round}/{cfg.rounds}  {time.perf_counter() - round_start:5.2f}s  "
+                 f"personal acc {mean_acc:.3f}  up {tally.bytes_up / MB:.3f} MB  "
+                 f"down {tally.bytes_down / MB:.3f} MB")
+    return summary_row(cfg, tally, time.perf_counter() - started, strategy)
+
+
+def evaluate_personal(strategy: PersonalizedStrategy, grid: CountingGrid, tally: MethodTally,
+                      recorder: Recorder, arrays: ArrayRecord, server_round: int, all_clients: bool) -> None:
+    """Ask (a sample of) the clients for their personal model's accuracy."""
+    config = ConfigRecord({"all-clients": all_clients})
+    replies = grid.exchange(strategy.configure_evaluate(server_round, arrays, config, grid.grid),
+                            tally, "evaluate", server_round)
+    for reply in replies:
+        if reply.has_error():
+            continue
+        metrics: MetricRecord = reply.content["metrics"]
+        partition = int(metrics["partition-id"])
+        tally.personal_accuracy[partition] = float(metrics["accuracy"])
+        recorder.write(method=tally.method, round=server_round, phase="personal", client=partition,
+                       accuracy=metrics["accuracy"], sparsity=metrics["sparsity"],
+                       num_examples=metrics["num-examples"])
+
+
+def summary_row(cfg: ExperimentConfig, tally: MethodTally, seconds: float,
+                strategy: PersonalizedStrategy) -> dict:
+    """The summary.json object of one method."""
+    accuracies = list(tally.personal_accuracy.values())
+    return {
+        "method": tally.method,
+        "rounds": cfg.rounds,
+        "clients": cfg.num_clients,
+        "personal_accuracy_mean": statistics.fmean(accuracies) if accuracies else None,
+        "personal_accuracy_min": min(accuracies) if accuracies else None,
+        "global_accuracy": tally.global_accuracy,
+        "bytes_up": tally.bytes_up,
+        "bytes_down": tally.bytes_down,
+        "sparsity": statistics.fmean(tally.sparsity.values()) if tally.sparsity else 0.0,
+        "seconds": seconds,
+        "rejected_replies": len(strategy.rejected),
+    }

@@ -1,0 +1,1 @@
+"""Experiment runner and CLI on Flower's simulation engine."""

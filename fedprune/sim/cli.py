@@ -1,0 +1,66 @@
+"""``fedprune`` command line: ``fedprune run [--config F] [--set k=v ...] [--methods a,b] [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from fedprune.config import ConfigError, load_config
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedprune", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a federated pruning experiment")
+    run.add_argument("--config", help="TOML file of settings (flat keys; see README)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one setting, e.g. --set final_sparsity=0.9 (repeatable)")
+    run.add_argument("--methods", help="comma-separated methods, e.g. fedavg,gmp")
+    run.add_argument("--out", help="run folder (default: runs/run-YYYYmmdd-HHMMSS)")
+    run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.methods is not None:
+        overrides.append(f"methods={args.methods!r}".replace("'", '"'))
+    cfg = load_config(args.config, overrides)
+    out_dir = Path(args.out or f"runs/run-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (out_dir / "summary.json").exists():
+        raise ConfigError(f"--out: {out_dir} already holds a run; choose a new folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out: {out_dir} exists and is not a folder")
+    from fedprune.sim.runner import simulate
+
+    print(f"fedprune: {', '.join(cfg.methods)} on {cfg.dataset}, {cfg.num_clients} clients, "
+          f"{cfg.rounds} rounds -> {out_dir}", flush=True)
+    simulate(cfg, out_dir, verbose=args.verbose)
+    print(f"\nrun folder: {out_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fedprune`` console command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ConfigError as error:
+        print(f"fedprune: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RuntimeError as error:
+        print(f"fedprune: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def console() -> None:
+    """Console-script wrapper: exit with ``main``'s code."""
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Dense FedAvg: the example-weighted mean of full models (McMahan et al. 2017)."""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from fedprune.pruning.masks import Masks
+from fedprune.strategies.personalized import PersonalizedStrategy
+
+
+class DenseFedAvg(PersonalizedStrategy):
+    """Every client gets and returns the full model; Flower's FedAvg mean combines them."""
+
+    def combine(self, decoded: list[tuple[dict[str, torch.Tensor], Masks | None, float]]
+                ) -> dict[str, torch.Tensor]:
+        """Flower's ``aggregate_arrayrecords`` over the (already checked) replies."""
+        records = [
+            RecordDict({
+                "arrays": ArrayRecord({k: Array(v.numpy()) for k, v in state.items()}),
+                "metrics": MetricRecord({"num-examples": weight}),
+            })
+            for state, _, weight in decoded
+        ]
+        merged = aggregate_arrayrecords(records, "num-examples")
+        return {k: torch.from_numpy(v.numpy().copy()).to(self.template[k].dtype) for k, v in merged.items()}

@@ -1,0 +1,136 @@
+"""Base strategy: seeded client sampling by partition, per-client payloads, reply checks."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from logging import WARNING
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+
+from fedprune import wire
+from fedprune.pruning.masks import Masks
+
+
+class PersonalizedStrategy(FedAvg):
+    """FedAvg's round structure with what personalized pruning needs.
+
+    - Sampling: a seeded ``random.Random`` over partition ids (node ids are random
+      in Flower's simulation, partition ids are not), so runs are reproducible.
+    - Payloads: each client gets its own message; subclasses decide its encoding.
+    - Replies are decoded and checked (shapes, finiteness, mask consistency) before
+      aggregation; a faulty reply is dropped and logged, never aggregated.
+    - ``client_masks`` holds the latest mask each client reported.
+    """
+
+    def __init__(self, template: dict[str, torch.Tensor], partition_of: dict[int, int],
+                 method: str, seed: int, fraction_train: float = 1.0,
+                 fraction_evaluate: float = 1.0) -> None:
+        super().__init__(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
+                         min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+        self.template = template
+        self.partition_of = partition_of
+        self.method = method
+        self.rng = random.Random(seed)
+        self.client_masks: dict[int, Masks] = {}
+        self.rejected: list[tuple[int, str]] = []
+        self.global_state: dict[str, torch.Tensor] = {}
+
+    # ---- sampling and payloads ---------------------------------------------------------
+    def sample(self, fraction: float) -> list[int]:
+        """Node ids of a seeded sample of ``ceil``-free ``fraction`` of the clients (at least 1)."""
+        partitions = sorted(self.partition_of.values())
+        count = max(1, int(len(partitions) * fraction))
+        chosen = sorted(self.rng.sample(partitions, count))
+        node_of = {p: n for n, p in self.partition_of.items()}
+        return [node_of[p] for p in chosen]
+
+    def payload(self, node_id: int) -> tuple[ArrayRecord, ConfigRecord]:
+        """The model for ``node_id`` and its wire description; dense by default."""
+        return wire.pack(self.global_state, None, False), ConfigRecord(
+            {"encoding": "dense", "mask-digest": 0})
+
+    def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                  node_ids: list[int], message_type: str) -> list[Message]:
+        self.global_state = {k: torch.from_numpy(np.asarray(v.numpy()).copy()) for k, v in arrays.items()}
+        messages = []
+        for node_id in node_ids:
+            model, wire_config = self.payload(node_id)
+            content = ConfigRecord({**dict(config), **dict(wire_config),
+                                    "method": self.method, "server-round": server_round})
+            messages.append(Message(RecordDict({"arrays": model, "config": content}),
+                                    dst_node_id=node_id, message_type=message_type))
+        return messages
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """One message per sampled client, each with its own payload."""
+        return self._messages(server_round, arrays, config, self.sample(self.fraction_train),
+                              MessageType.TRAIN)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Personal evaluation on a seeded sample (``config['all-clients']`` forces everyone)."""
+        fraction = 1.0 if config.get("all-clients", False) else self.fraction_evaluate
+        return self._messages(server_round, arrays, config, self.sample(fraction),
+                              MessageType.EVALUATE)
+
+    # ---- replies ------------------------------------------------------------------------
+    def decode(self, message: Message) -> tuple[dict[str, torch.Tensor], Masks | None, float]:
+        """Full-size tensors, the client's mask (None if dense) and its weight; raises on faults."""
+        content = message.content
+        metrics = content["metrics"]
+        weight = float(metrics["num-examples"])
+        if not weight > 0:
+            raise ValueError(f"num-examples must be positive, got {weight}")
+        partition = self.partition_of[message.metadata.src_node_id]
+        record = content["arrays"]
+        digest = int(content["wire"]["mask-digest"])
+        masks = wire.bitmaps_in(record, self.template) or self.client_masks.get(partition)
+        if wire.mask_digest(masks) != digest:
+            raise ValueError("reply's values follow a mask the server does not hold")
+        values = ArrayRecord({k: v for k, v in record.items() if not k.endswith(wire.BITMAP_SUFFIX)})
+        state = wire.unpack(values, self.template, masks)
+        return state, masks, weight
+
+    def valid_replies(self, replies: Iterable[Message]) -> list[tuple[int, dict, Masks | None, float, Message]]:
+        """Decoded good replies sorted by partition id; faulty ones are logged and dropped."""
+        good = []
+        for message in replies:
+            node = message.metadata.src_node_id
+            partition = self.partition_of.get(node, -1)
+            if message.has_error():
+                self.rejected.append((partition, message.error.reason))
+                continue
+            try:
+                state, masks, weight = self.decode(message)
+            except (KeyError, ValueError, TypeError) as error:
+                log(WARNING, "dropping reply of client %s: %s", partition, error)
+                self.rejected.append((partition, str(error)))
+                continue
+            good.append((partition, state, masks, weight, message))
+        good.sort(key=lambda item: item[0])
+        for partition, _, masks, _, _ in good:
+            if masks:
+                self.client_masks[partition] = masks
+        return good
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate the good replies (``combine``) and average their metrics."""
+        good = self.valid_replies(replies)
+        if not good:
+            return None, None
+        state = self.combine([(s, m, w) for _, s, m, w, _ in good])
+        metrics = self.train_metrics_aggr_fn([msg.content for *_, msg in good], self.weighted_by_key)
+        return ArrayRecord({k: Array(v.numpy()) for k, v in state.items()}), metrics
+
+    def combine(self, decoded: list[tuple[dict[str, torch.Tensor], Masks | None, float]]
+                ) -> dict[str, torch.Tensor]:
+        """The new global tensors from decoded replies (subclasses define the rule)."""
+        raise NotImplementedError

@@ -1,0 +1,99 @@
+"""The wire format shared by clients and strategies: model tensors <-> Flower records.
+
+A model travels as one ``ArrayRecord``. ``dense``: one array per parameter.
+``masked``: for each masked parameter only the values of its kept entries
+(1-D, row-major order), optionally followed by ``NAME::bitmap`` (the mask packed
+1 bit per entry); unmasked parameters (biases) travel dense. A mask digest
+(CRC-32 of the packed masks) tells the receiver which mask the values follow,
+so a mask crosses the wire only when it changed.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Message
+
+from fedprune.pruning.masks import Masks, decode_bitmap, encode_bitmap
+
+BITMAP_SUFFIX = "::bitmap"
+
+
+def mask_digest(masks: Masks | None) -> int:
+    """CRC-32 over the packed masks in name order; 0 means "no mask" (all dense)."""
+    if not masks:
+        return 0
+    crc = 0
+    for name in sorted(masks):
+        crc = zlib.crc32(name.encode(), crc)
+        crc = zlib.crc32(encode_bitmap(masks[name]).tobytes(), crc)
+    return crc or 1
+
+
+def pack(state: Mapping[str, torch.Tensor], masks: Masks | None, with_bitmaps: bool) -> ArrayRecord:
+    """Encode ``state`` as an ArrayRecord: kept values for masked tensors, dense otherwise."""
+    masks = masks or {}
+    record = ArrayRecord()
+    for name, tensor in state.items():
+        values = tensor.detach().cpu()
+        if name in masks:
+            record[name] = Array(values[masks[name]].numpy())
+            if with_bitmaps:
+                record[name + BITMAP_SUFFIX] = Array(encode_bitmap(masks[name]))
+        else:
+            record[name] = Array(values.numpy())
+    return record
+
+
+def bitmaps_in(record: ArrayRecord, template: Mapping[str, torch.Tensor]) -> Masks:
+    """The masks carried as bitmaps in ``record`` (shapes taken from ``template``)."""
+    masks = {}
+    for key in record:
+        if key.endswith(BITMAP_SUFFIX):
+            name = key[: -len(BITMAP_SUFFIX)]
+            if name not in template:
+                raise ValueError(f"bitmap for unknown tensor {name!r}")
+            masks[name] = decode_bitmap(record[key].numpy(), tuple(template[name].shape))
+    return masks
+
+
+def unpack(
+    record: ArrayRecord, template: Mapping[str, torch.Tensor], masks: Masks | None
+) -> dict[str, torch.Tensor]:
+    """Decode ``record`` into full-size tensors shaped like ``template``.
+
+    Masked tensors are scattered into zeros at the kept entries of ``masks``.
+    Raises ``ValueError`` on a missing tensor, a wrong size or a non-finite value,
+    so that a faulty message never reaches a model.
+    """
+    masks = masks or {}
+    state = {}
+    for name, like in template.items():
+        if name not in record:
+            raise ValueError(f"tensor {name!r} missing from message")
+        values = torch.from_numpy(np.asarray(record[name].numpy()).copy())
+        if name in masks:
+            if values.numel() != int(masks[name].sum()):
+                raise ValueError(f"tensor {name!r}: {values.numel()} values for {int(masks[name].sum())} kept entries")
+            full = torch.zeros_like(like)
+            full[masks[name]] = values.to(like.dtype).reshape(-1)
+            values = full
+        elif tuple(values.shape) != tuple(like.shape):
+            raise ValueError(f"tensor {name!r}: shape {tuple(values.shape)}, expected {tuple(like.shape)}")
+        if not torch.isfinite(values.to(torch.float64)).all():
+            raise ValueError(f"tensor {name!r} holds non-finite values")
+        state[name] = values.to(like.dtype)
+    return state
+
+
+def message_bytes(message: Message) -> int:
+    """Serialized payload size of ``message``: every record's ``count_bytes()``.
+
+    An error reply carries no records; its reason string is counted instead.
+    """
+    if message.has_error():
+        return len(message.error.reason.encode())
+    return sum(record.count_bytes() for record in message.content.values())
