@@ -1,0 +1,29 @@
+"""Shared pruning methods: pure torch, no Flower import.
+
+Unstructured masks are ``dict[str, torch.BoolTensor]`` keyed by parameter name,
+``True`` where an entry is kept. Only the weights of ``Linear`` and ``Conv``
+layers are prunable (``prunable_names``); biases and norms stay dense.
+"""
+
+from fedprune.pruning.magnitude import magnitude_masks
+from fedprune.pruning.masks import (
+    apply_masks,
+    decode_bitmap,
+    encode_bitmap,
+    full_masks,
+    mask_sparsity,
+    prunable_names,
+)
+from fedprune.pruning.schedule import CubicSchedule, cubic_sparsity
+
+__all__ = [
+    "CubicSchedule",
+    "apply_masks",
+    "cubic_sparsity",
+    "decode_bitmap",
+    "encode_bitmap",
+    "full_masks",
+    "magnitude_masks",
+    "mask_sparsity",
+    "prunable_names",
+]
