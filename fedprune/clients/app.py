@@ -68,8 +68,10 @@ def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> M
                        batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                        momentum=cfg.momentum, masks=masks, generator=generator)
     schedule = _schedule(cfg)
-    if method.pruning == "magnitude" and schedule.prunes_at(server_round):
-        masks = magnitude_masks(model, masks or full_masks(model), schedule.sparsity(server_round), cfg.gmp_scope)
+    target = schedule.sparsity(server_round)
+    # A client with no mask yet and a target of 0 stays dense: no all-true mask on the wire.
+    if method.pruning == "magnitude" and schedule.prunes_at(server_round) and (masks or target > 0):
+        masks = magnitude_masks(model, masks or full_masks(model), target, cfg.gmp_scope)
         apply_masks(model, masks)
         save_mask(context.state, method.name, masks)
     seconds = time.perf_counter() - started

@@ -43,7 +43,7 @@ def train_local(
             optimizer.step()
             if masks:
                 apply_masks(model, masks)
-            total += float(loss) * len(batch)
+            total += loss.item() * len(batch)
             count += len(batch)
     return total / max(count, 1)
 

@@ -9,12 +9,12 @@ def cubic_sparsity(step: int, initial: float, final: float, start: int, end: int
     """Sparsity at ``step``: ``s_f + (s_i - s_f) * (1 - (t - t0) / (n*dt))**3``.
 
     ``start`` is t0 and ``end`` is t0 + n*dt. Before ``start`` the sparsity is
-    ``initial``; from ``end`` on it is ``final``.
+    ``initial``; from ``end`` on it is ``final`` (also when ``start == end``).
     """
-    if step <= start:
-        return initial
     if step >= end:
         return final
+    if step <= start:
+        return initial
     progress = (step - start) / (end - start)
     return final + (initial - final) * (1.0 - progress) ** 3
 
