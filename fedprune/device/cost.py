@@ -1,0 +1,81 @@
+"""Measure what a model costs on a device.
+
+Latency comes from ``torch.utils.benchmark`` (warm-up, then ``blocked_autorange`` at a
+fixed thread count); FLOPs from ``torch.utils.flop_counter.FlopCounterMode`` (a
+multiply-add counts as 2 FLOPs). Masked models are timed as they are: zeros cost
+the same as any other value in a dense kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils import benchmark
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Median and interquartile range of one forward pass, in milliseconds."""
+
+    median_ms: float
+    iqr_ms: float
+    threads: int
+
+
+def _forward(model: nn.Module, inputs: object) -> Callable[[], object]:
+    if isinstance(inputs, dict):
+        return lambda: model(**inputs)
+    return lambda: model(inputs)
+
+
+@torch.no_grad()
+def measure_latency(model: nn.Module, inputs: object, threads: int = 1, min_run_time: float = 0.3,
+                    warmup: int = 3) -> Latency:
+    """Inference latency of ``model(inputs)`` (a tensor or a dict of keyword tensors)."""
+    model.eval()
+    run = _forward(model, inputs)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(warmup):
+            run()
+        timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=threads)
+        measurement = timer.blocked_autorange(min_run_time=min_run_time)
+    finally:
+        torch.set_num_threads(previous)
+    return Latency(measurement.median * 1e3, measurement.iqr * 1e3, threads)
+
+
+@torch.no_grad()
+def flops_per_example(model: nn.Module, inputs: object, batch_size: int) -> float:
+    """FLOPs of one forward pass divided by ``batch_size``."""
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _forward(model, inputs)()
+    return counter.get_total_flops() / batch_size
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of parameter entries."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    """Bytes of all parameters stored dense."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def sparse_bytes(model: nn.Module, masks: dict[str, torch.Tensor]) -> int:
+    """Bytes when masked parameters are stored as kept values plus a 1-bit-per-entry bitmap."""
+    total = 0
+    for name, param in model.named_parameters():
+        if name in masks:
+            total += int(masks[name].sum()) * param.element_size() + (param.numel() + 7) // 8
+        else:
+            total += param.numel() * param.element_size()
+    return total
