@@ -17,7 +17,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 from fedprune.data.datasets import DATASET_NAMES
 from fedprune.data.partition import PARTITIONERS
 from fedprune.models.builders import MODEL_NAMES
-from fedprune.pruning.magnitude import SCOPES
+from fedprune.partial import PERSONAL_LAYERS
+from fedprune.pruning.consensus import RULES
 
 from fedprune.methods import METHODS
 
@@ -60,7 +61,13 @@ class ExperimentConfig:
     prune_start_round: int = 1
     prune_end_round: int = 4
     prune_frequency: int = 1
-    gmp_scope: str = "layer"
+    # partial updates and personalization
+    personal_layers: str = "none"
+    fedrep_head_epochs: int = 0
+    personal_fraction: float = 0.0
+    finetune_epochs: int = 1
+    global_mask: str = "none"
+    vote_threshold: float = 0.5
     # simulation
     num_cpus_per_client: float = 1.0
 
@@ -74,7 +81,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": DATASET_NAMES,
     "partitioner": PARTITIONERS,
     "model": MODEL_NAMES,
-    "gmp_scope": SCOPES,
+    "personal_layers": PERSONAL_LAYERS,
+    "global_mask": ("none", *RULES),
 }
 
 
@@ -131,6 +139,14 @@ def _check_ranges(cfg: ExperimentConfig, num_examples: int) -> None:
                  "num_clients", "classes_per_client", "cnn_hidden"):
         value = getattr(cfg, name)
         need(value >= 1, f"{name}: {value} must be at least 1")
+    need(0.0 <= cfg.personal_fraction < 1.0,
+         f"personal_fraction: {cfg.personal_fraction} is outside the allowed range [0, 1)")
+    need(0.0 < cfg.vote_threshold <= 1.0,
+         f"vote_threshold: {cfg.vote_threshold} is outside the allowed range (0, 1]")
+    for name in ("fedrep_head_epochs", "finetune_epochs"):
+        need(getattr(cfg, name) >= 0, f"{name}: {getattr(cfg, name)} must be at least 0")
+    need(cfg.fedrep_head_epochs == 0 or cfg.personal_layers == "head",
+         "fedrep_head_epochs: FedRep needs personal_layers = \"head\"")
     need(cfg.prune_start_round >= 1, f"prune_start_round: {cfg.prune_start_round} must be at least 1")
     need(cfg.prune_end_round >= cfg.prune_start_round,
          f"prune_end_round: {cfg.prune_end_round} must be at least prune_start_round ({cfg.prune_start_round})")

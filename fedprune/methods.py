@@ -1,8 +1,8 @@
 """The methods a run can compare, and what each asks of clients and server.
 
-``pruning`` says how a client builds its personal mask; ``aggregation`` says how
-the server merges replies (``dense``: Flower's FedAvg; ``masked``: per-entry mean
-over the clients that keep the entry).
+``pruning`` says how a client builds its personal mask (``none``, ``magnitude``,
+``movement``, ``random``); the server aggregates pruned methods per entry over the
+clients that keep it, and dense methods with Flower's FedAvg mean.
 """
 
 from __future__ import annotations
@@ -15,16 +15,35 @@ class Method:
     """One federated method."""
 
     name: str
-    pruning: str
-    aggregation: str
     summary: str
+    pruning: str = "none"
+    scope: str = "layer"
+    finetune: bool = False
+    federated: bool = True
+    small_dense: bool = False
+
+    @property
+    def aggregation(self) -> str:
+        """``masked`` for pruned methods, ``dense`` otherwise."""
+        return "dense" if self.pruning == "none" else "masked"
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("fedavg", "none", "dense", "dense FedAvg (McMahan et al. 2017); no pruning"),
-        Method("gmp", "magnitude", "masked",
-               "gradual magnitude pruning per client on the cubic schedule (Zhu & Gupta 2017)"),
+        Method("fedavg", "dense FedAvg (McMahan et al. 2017); no pruning"),
+        Method("fedavg-ft", "FedAvg; each personal model is the global model fine-tuned locally "
+                            "for finetune_epochs before evaluation", finetune=True),
+        Method("local", "each client trains alone on its own data; nothing is sent", federated=False),
+        Method("gmp", "gradual magnitude pruning per client, each layer to s_t (Zhu & Gupta 2017)",
+               pruning="magnitude"),
+        Method("gmp-global", "gradual magnitude pruning with one threshold over all layers",
+               pruning="magnitude", scope="global"),
+        Method("movement", "movement pruning: top-v of accumulated -grad*w scores per matrix "
+                           "(Sanh et al. 2020)", pruning="movement"),
+        Method("random", "a random unstructured mask per client at final_sparsity, fixed",
+               pruning="random"),
+        Method("small-dense", "a dense model shrunk to the sparse models' kept parameter count, "
+                              "trained with FedAvg", small_dense=True),
     )
 }

@@ -9,26 +9,55 @@ from torch import nn
 
 from fedprune.config import ExperimentConfig
 from fedprune.data import ClientData, client_data, load_dataset, make_partitioner
+from fedprune.methods import METHODS
 from fedprune.models import build_model
+from fedprune.models.small_dense import shrink_widths
+from fedprune.pruning.masks import prunable_names
 
 
-def new_model(cfg: ExperimentConfig) -> nn.Module:
-    """The experiment's model, freshly initialised from the torch RNG."""
-    _, info = load_dataset(cfg.dataset)
-    return build_model(
-        cfg.model,
-        info.input_shape,
-        info.num_classes,
-        mlp_widths=cfg.mlp_widths,
-        cnn_channels=cfg.cnn_channels,
-        cnn_hidden=cfg.cnn_hidden,
-    )
+def _build(dataset: str, model: str, widths: list[int]) -> nn.Module:
+    """Model kind ``model`` for ``dataset`` with hidden ``widths`` (MLP widths, or CNN channels + hidden)."""
+    _, info = load_dataset(dataset)
+    if model == "cnn":
+        return build_model("cnn", info.input_shape, info.num_classes,
+                           cnn_channels=widths[:-1], cnn_hidden=widths[-1])
+    return build_model(model, info.input_shape, info.num_classes, mlp_widths=widths)
 
 
-def initial_model(cfg: ExperimentConfig) -> nn.Module:
+def _widths(cfg: ExperimentConfig) -> list[int]:
+    return [*cfg.cnn_channels, cfg.cnn_hidden] if cfg.model == "cnn" else list(cfg.mlp_widths)
+
+
+def sparse_kept_parameters(cfg: ExperimentConfig) -> int:
+    """Parameters a sparse model keeps at ``final_sparsity``: kept prunable weights + the rest."""
+    model = _build(cfg.dataset, cfg.model, _widths(cfg))
+    params = dict(model.named_parameters())
+    prunable = set(prunable_names(model))
+    return sum(round(p.numel() * (1 - cfg.final_sparsity)) if name in prunable else p.numel()
+               for name, p in params.items())
+
+
+@lru_cache(maxsize=16)
+def _shrunk(dataset: str, model: str, widths: tuple[int, ...], target: int) -> tuple[int, ...]:
+    return tuple(shrink_widths(lambda w: _build(dataset, model, w), widths, target))
+
+
+def new_model(cfg: ExperimentConfig, method: str | None = None) -> nn.Module:
+    """The model ``method`` trains, freshly initialised from the torch RNG.
+
+    ``small-dense`` gets the experiment's model with widths shrunk to the sparse
+    models' kept parameter count; every other method the configured model.
+    """
+    if method is not None and METHODS[method].small_dense:
+        widths = _shrunk(cfg.dataset, cfg.model, tuple(_widths(cfg)), sparse_kept_parameters(cfg))
+        return _build(cfg.dataset, cfg.model, list(widths))
+    return _build(cfg.dataset, cfg.model, _widths(cfg))
+
+
+def initial_model(cfg: ExperimentConfig, method: str | None = None) -> nn.Module:
     """The shared starting model: the same weights for every method with the same seed."""
     torch.manual_seed(cfg.seed)
-    return new_model(cfg)
+    return new_model(cfg, method)
 
 
 def _data_key(cfg: ExperimentConfig) -> tuple:

@@ -33,19 +33,28 @@ def mask_digest(masks: Masks | None) -> int:
     return crc or 1
 
 
-def pack(state: Mapping[str, torch.Tensor], masks: Masks | None, with_bitmaps: bool) -> ArrayRecord:
-    """Encode ``state`` as an ArrayRecord: kept values for masked tensors, dense otherwise."""
+def pack(state: Mapping[str, torch.Tensor], masks: Masks | None, bitmaps: Masks | None = None) -> ArrayRecord:
+    """Encode ``state``: kept values of tensors in ``masks``, dense otherwise, plus ``bitmaps``.
+
+    A tensor whose mask keeps nothing is left out entirely (a personal tensor never
+    appears in a message).
+    """
     masks = masks or {}
     record = ArrayRecord()
     for name, tensor in state.items():
         values = tensor.detach().cpu()
-        if name in masks:
-            record[name] = Array(values[masks[name]].numpy())
-            if with_bitmaps:
-                record[name + BITMAP_SUFFIX] = Array(encode_bitmap(masks[name]))
-        else:
+        if name not in masks:
             record[name] = Array(values.numpy())
+        elif bool(masks[name].any()):
+            record[name] = Array(values[masks[name]].numpy())
+    for name, mask in (bitmaps or {}).items():
+        record[name + BITMAP_SUFFIX] = Array(encode_bitmap(mask))
     return record
+
+
+def values_only(record: ArrayRecord) -> ArrayRecord:
+    """``record`` without its bitmap entries."""
+    return ArrayRecord({k: v for k, v in record.items() if not k.endswith(BITMAP_SUFFIX)})
 
 
 def bitmaps_in(record: ArrayRecord, template: Mapping[str, torch.Tensor]) -> Masks:
@@ -72,6 +81,9 @@ def unpack(
     masks = masks or {}
     state = {}
     for name, like in template.items():
+        if name in masks and not bool(masks[name].any()):
+            state[name] = torch.zeros_like(like)
+            continue
         if name not in record:
             raise ValueError(f"tensor {name!r} missing from message")
         values = torch.from_numpy(np.asarray(record[name].numpy()).copy())

@@ -1,9 +1,16 @@
 """The Flower ClientApp: personal prune -> local train -> sparse reply; personal evaluation.
 
 Messages from the server carry a ``config`` ConfigRecord with ``method``,
-``server-round``, ``encoding`` (``dense`` or ``masked``) and ``mask-digest`` (the
-mask the masked values follow; see ``fedprune.wire``). A client keeps its
-personal mask per method in ``Context.state``.
+``server-round``, ``encoding`` and ``mask-digest``:
+
+- ``dense``: the full model (first contact);
+- ``masked``: the values at the entries this client keeps and shares this round
+  (its mask, which ``mask-digest`` names, AND the shared part of ``fedprune.partial``);
+  bitmaps in the message are a global mask the server asks the client to adopt;
+- ``none``: no model (``local`` training, in-process).
+
+A client keeps its personal mask, its own tensors and movement scores per method
+in ``Context.state`` (``ClientMemory``).
 """
 
 from __future__ import annotations
@@ -14,36 +21,70 @@ import zlib
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
-from fedprune import wire
+from fedprune import partial, wire
 from fedprune.clients.local import accuracy, train_local
-from fedprune.clients.state import load_mask, save_mask
+from fedprune.clients.state import ClientMemory
 from fedprune.config import ExperimentConfig, config_from_run_config
-from fedprune.methods import METHODS
+from fedprune.methods import METHODS, Method
 from fedprune.pruning import CubicSchedule, apply_masks, full_masks, magnitude_masks, mask_sparsity
 from fedprune.pruning.masks import Masks
-from fedprune.task import clients_data, new_model
+from fedprune.pruning.movement import MovementScores
+from fedprune.pruning.random_masks import random_masks
+from fedprune.task import clients_data, initial_model, new_model
 
 
-def _seed(cfg: ExperimentConfig, partition: int, server_round: int, method: str) -> int:
-    return zlib.crc32(f"{cfg.seed}/{method}/{partition}/{server_round}".encode())
+def _seed(cfg: ExperimentConfig, *parts: object) -> int:
+    return zlib.crc32("/".join(str(p) for p in (cfg.seed, *parts)).encode())
 
 
-def _received_model(message: Message, masks: Masks | None, cfg: ExperimentConfig) -> torch.nn.Module:
-    """Rebuild the model the server sent, in full-size coordinates."""
+def keeps_own_tensors(cfg: ExperimentConfig, method: Method) -> bool:
+    """Whether the client must remember its own tensors between rounds."""
+    return not method.federated or cfg.personal_layers != "none" or cfg.personal_fraction > 0
+
+
+def shared_part(cfg: ExperimentConfig, template: dict[str, torch.Tensor], partition: int,
+                server_round: int) -> Masks:
+    """The entries this client shares in ``server_round`` (see ``fedprune.partial``)."""
+    return partial.shared_masks(template, cfg.personal_layers, cfg.personal_fraction, cfg.seed,
+                                partition, server_round)
+
+
+def receive(message: Message, cfg: ExperimentConfig, method: Method, memory: ClientMemory,
+            partition: int) -> tuple[nn.Module, Masks | None]:
+    """The personal model as of this message, and the personal mask it runs under."""
     config = message.content["config"]
-    model = new_model(cfg)
-    if config["encoding"] == "masked":
+    encoding = str(config["encoding"])
+    masks = memory.mask()
+    own = memory.model()
+    if encoding == "none":
+        model = initial_model(cfg, method.name)
+        if own is not None:
+            model.load_state_dict(own)
+        return model, masks
+    model = new_model(cfg, method.name)
+    template = model.state_dict()
+    record = message.content["arrays"]
+    if encoding == "dense":
+        state = wire.unpack(wire.values_only(record), template, None)
+    elif encoding == "masked":
+        adopted = wire.bitmaps_in(record, template)
+        if adopted:  # the server asks this client to adopt a global mask
+            masks = adopted
+            memory.save_mask(masks)
         if int(config["mask-digest"]) != wire.mask_digest(masks):
             raise ValueError("server sent values under a mask this client does not hold")
-        values_mask = masks
+        sent = partial.intersect(masks, shared_part(cfg, template, partition, int(config["server-round"])))
+        state = wire.unpack(wire.values_only(record), template, sent)
+        if own is not None:
+            state = {k: torch.where(sent[k], v, own[k]) if k in sent else v for k, v in state.items()}
     else:
-        values_mask = None
-    state = wire.unpack(message.content["arrays"], model.state_dict(), values_mask)
+        raise ValueError(f"unknown encoding {encoding!r}")
     model.load_state_dict(state)
     if masks:
         apply_masks(model, masks)
-    return model
+    return model, masks
 
 
 def _schedule(cfg: ExperimentConfig) -> CubicSchedule:
@@ -51,54 +92,103 @@ def _schedule(cfg: ExperimentConfig) -> CubicSchedule:
                          cfg.prune_start_round, cfg.prune_end_round, cfg.prune_frequency)
 
 
+def _train(model: nn.Module, cfg: ExperimentConfig, data, masks: Masks | None, epochs: int,
+           generator: torch.Generator, after_backward=None) -> float:
+    """Local epochs; with FedRep, head-only epochs first, then body-only epochs."""
+    common = dict(batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
+                  masks=masks, generator=generator, after_backward=after_backward)
+    if cfg.fedrep_head_epochs == 0:
+        return train_local(model, data.train_x, data.train_y, epochs=epochs, **common)
+    names = [name for name, _ in model.named_parameters()]
+    head = [n for n in names if partial.is_head(n)]
+    train_local(model, data.train_x, data.train_y, epochs=cfg.fedrep_head_epochs, trainable=head, **common)
+    body = [n for n in names if not partial.is_head(n)]
+    return train_local(model, data.train_x, data.train_y, epochs=epochs, trainable=body, **common)
+
+
+def _new_mask(method: Method, cfg: ExperimentConfig, model: nn.Module, masks: Masks | None,
+              scores: MovementScores | None, server_round: int, partition: int) -> Masks | None:
+    """The personal mask after this round's pruning step (unchanged when none is due)."""
+    schedule = _schedule(cfg)
+    target = schedule.sparsity(server_round)
+    # A client with no mask yet and a target of 0 stays dense: no all-true mask on the wire.
+    if method.pruning == "none" or not schedule.prunes_at(server_round) or not (masks or target > 0):
+        return masks
+    current = masks or full_masks(model)
+    if method.pruning == "magnitude":
+        return magnitude_masks(model, current, target, method.scope)
+    if method.pruning == "movement":
+        return scores.masks(current, target)
+    if method.pruning == "random":
+        if masks is not None:
+            return masks  # drawn once, then fixed
+        generator = torch.Generator().manual_seed(_seed(cfg, "random-mask", partition))
+        return random_masks(model, cfg.final_sparsity, generator)
+    raise ValueError(f"unknown pruning {method.pruning!r}")
+
+
 def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> Message:
-    """Train the personal model on local data, prune on schedule, reply with kept values."""
+    """Train the personal model on local data, prune on schedule, reply with what it shares."""
     torch.set_num_threads(1)
     config = message.content["config"]
     method = METHODS[str(config["method"])]
     server_round = int(config["server-round"])
     partition = int(context.node_config["partition-id"])
     data = clients_data(cfg)[partition]
-    masks = load_mask(context.state, method.name)
-    model = _received_model(message, masks, cfg)
+    memory = ClientMemory(context.state, method.name)
+    model, masks = receive(message, cfg, method, memory, partition)
 
     started = time.perf_counter()
-    generator = torch.Generator().manual_seed(_seed(cfg, partition, server_round, method.name))
-    loss = train_local(model, data.train_x, data.train_y, epochs=cfg.local_epochs,
-                       batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-                       momentum=cfg.momentum, masks=masks, generator=generator)
-    schedule = _schedule(cfg)
-    target = schedule.sparsity(server_round)
-    # A client with no mask yet and a target of 0 stays dense: no all-true mask on the wire.
-    if method.pruning == "magnitude" and schedule.prunes_at(server_round) and (masks or target > 0):
-        masks = magnitude_masks(model, masks or full_masks(model), target, cfg.gmp_scope)
-        apply_masks(model, masks)
-        save_mask(context.state, method.name, masks)
+    generator = torch.Generator().manual_seed(_seed(cfg, method.name, partition, server_round))
+    scores = None
+    if method.pruning == "movement":
+        scores = MovementScores(model, list(full_masks(model)), memory.scores())
+    loss = _train(model, cfg, data, masks, cfg.local_epochs, generator,
+                  after_backward=scores.accumulate if scores else None)
+    new_masks = _new_mask(method, cfg, model, masks, scores, server_round, partition)
+    if new_masks is not None:
+        apply_masks(model, new_masks)
+        memory.save_mask(new_masks)
+    if scores is not None:
+        memory.save_scores(scores.scores)
+    state = model.state_dict()
+    if keeps_own_tensors(cfg, method):
+        memory.save_model(state)
     seconds = time.perf_counter() - started
 
-    digest = wire.mask_digest(masks)
+    digest = wire.mask_digest(new_masks)
+    sent = partial.intersect(new_masks, shared_part(cfg, state, partition, server_round))
     # The mask travels only when the server does not hold it yet.
-    arrays = wire.pack(model.state_dict(), masks, with_bitmaps=digest != int(config["mask-digest"]))
+    bitmaps = new_masks if digest != int(config["mask-digest"]) else None
+    arrays = wire.pack(state, sent, bitmaps) if method.federated else wire.pack({}, None)
     metrics = MetricRecord({
         "num-examples": len(data.train_y),
         "train-loss": loss,
         "compute-seconds": seconds,
-        "sparsity": mask_sparsity(masks or {}),
+        "sparsity": mask_sparsity(new_masks or {}),
         "partition-id": partition,
     })
     reply = RecordDict({"arrays": arrays, "metrics": metrics,
-                        "wire": ConfigRecord({"mask-digest": digest})})
+                        "wire": ConfigRecord({"mask-digest": digest, "server-round": server_round})})
     return Message(reply, reply_to=message)
 
 
 def handle_evaluate(message: Message, context: Context, cfg: ExperimentConfig) -> Message:
-    """Accuracy of the personal model (server's values under the personal mask) on local test data."""
+    """Accuracy of the personal model on the client's local test part.
+
+    The personal model is the server's values under the personal mask (plus the
+    client's own personal tensors); ``fedavg-ft`` fine-tunes it locally first.
+    """
     torch.set_num_threads(1)
     config = message.content["config"]
+    method = METHODS[str(config["method"])]
     partition = int(context.node_config["partition-id"])
     data = clients_data(cfg)[partition]
-    masks = load_mask(context.state, str(config["method"]))
-    model = _received_model(message, masks, cfg)
+    memory = ClientMemory(context.state, method.name)
+    model, masks = receive(message, cfg, method, memory, partition)
+    if method.finetune:
+        generator = torch.Generator().manual_seed(_seed(cfg, "finetune", partition, config["server-round"]))
+        _train(model, cfg, data, masks, cfg.finetune_epochs, generator)
     metrics = MetricRecord({
         "num-examples": len(data.test_y),
         "accuracy": accuracy(model, data.test_x, data.test_y),

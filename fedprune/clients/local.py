@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
+
 import torch
 from torch import nn
 
@@ -19,14 +21,21 @@ def train_local(
     momentum: float,
     masks: Masks | None,
     generator: torch.Generator,
+    trainable: Collection[str] | None = None,
+    after_backward: Callable[[], None] | None = None,
 ) -> float:
     """SGD for ``epochs`` over ``(x, y)``; returns the mean training loss.
 
     Pruned entries stay exactly zero: their gradients are zeroed before every
     step and the masks are re-applied after it (momentum cannot revive them).
+    ``trainable`` limits the update to those parameter names (others stay fixed);
+    ``after_backward`` runs after every backward pass (e.g. movement scores).
     """
-    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
     params = dict(model.named_parameters())
+    chosen = [p for name, p in params.items() if trainable is None or name in trainable]
+    if not chosen or epochs == 0:
+        return float("nan")
+    optimizer = torch.optim.SGD(chosen, lr=learning_rate, momentum=momentum)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     total, count = 0.0, 0
@@ -34,12 +43,15 @@ def train_local(
         order = torch.randperm(len(y), generator=generator)
         for start in range(0, len(y), batch_size):
             batch = order[start : start + batch_size]
-            optimizer.zero_grad()
+            model.zero_grad()
             loss = loss_fn(model(x[batch]), y[batch])
             loss.backward()
+            if after_backward is not None:
+                after_backward()
             if masks:
                 for name, mask in masks.items():
-                    params[name].grad.mul_(mask)
+                    if params[name].grad is not None:
+                        params[name].grad.mul_(mask)
             optimizer.step()
             if masks:
                 apply_masks(model, masks)

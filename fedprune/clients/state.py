@@ -1,4 +1,8 @@
-"""What a client keeps between rounds in ``Context.state`` (never sent anywhere)."""
+"""What a client keeps between rounds in ``Context.state`` (never sent anywhere).
+
+Per method: the personal mask, the personal model's own tensors (for personal
+layers and random partial updates) and movement scores.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +10,44 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 
-from fedprune.pruning.masks import Masks
+Tensors = dict[str, torch.Tensor]
 
 
-def _mask_key(method: str) -> str:
-    return f"{method}.personal-mask"
+class ClientMemory:
+    """Typed access to one method's records in a client's ``Context.state``."""
 
+    def __init__(self, state: RecordDict, method: str) -> None:
+        self.state = state
+        self.method = method
 
-def load_mask(state: RecordDict, method: str) -> Masks | None:
-    """The client's personal mask for ``method``, or None before it first prunes."""
-    key = _mask_key(method)
-    if key not in state:
-        return None
-    return {name: torch.from_numpy(array.numpy().astype(bool)) for name, array in state[key].items()}
+    def _get(self, what: str) -> Tensors | None:
+        key = f"{self.method}.{what}"
+        if key not in self.state:
+            return None
+        return {name: torch.from_numpy(np.asarray(a.numpy()).copy()) for name, a in self.state[key].items()}
 
+    def _put(self, what: str, tensors: Tensors) -> None:
+        self.state[f"{self.method}.{what}"] = ArrayRecord(
+            {name: Array(t.detach().cpu().numpy()) for name, t in tensors.items()})
 
-def save_mask(state: RecordDict, method: str, masks: Masks) -> None:
-    """Store the personal mask for ``method``."""
-    state[_mask_key(method)] = ArrayRecord(
-        {name: Array(np.asarray(mask.numpy(), dtype=bool)) for name, mask in masks.items()}
-    )
+    def mask(self) -> Tensors | None:
+        """The personal mask, or None before the client first prunes."""
+        masks = self._get("personal-mask")
+        return None if masks is None else {k: v.bool() for k, v in masks.items()}
+
+    def save_mask(self, masks: Tensors) -> None:
+        self._put("personal-mask", masks)
+
+    def model(self) -> Tensors | None:
+        """The client's own full-size tensors after its last local training."""
+        return self._get("personal-model")
+
+    def save_model(self, tensors: Tensors) -> None:
+        self._put("personal-model", tensors)
+
+    def scores(self) -> Tensors | None:
+        """Accumulated movement scores."""
+        return self._get("movement-scores")
+
+    def save_scores(self, scores: Tensors) -> None:
+        self._put("movement-scores", scores)

@@ -10,7 +10,7 @@ from fedprune.pruning.masks import Masks
 SCOPES = ("layer", "global")
 
 
-def _keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
+def keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """Boolean mask of the ``keep`` largest scores (ties broken by position)."""
     mask = torch.zeros(scores.numel(), dtype=torch.bool)
     if keep > 0:
@@ -29,19 +29,19 @@ def magnitude_masks(
     prunable weights together, so layers end up with different sparsities.
     """
     if scope not in SCOPES:
-        raise ValueError(f"gmp_scope: unknown scope {scope!r}; allowed: {', '.join(SCOPES)}")
+        raise ValueError(f"scope: unknown scope {scope!r}; allowed: {', '.join(SCOPES)}")
     params = dict(model.named_parameters())
     scores = {
         name: params[name].abs().masked_fill(~mask, -1.0) for name, mask in current.items()
     }
     if scope == "layer":
         return {
-            name: _keep_top(score, min(round(score.numel() * (1 - sparsity)), int(current[name].sum())))
+            name: keep_top(score, min(round(score.numel() * (1 - sparsity)), int(current[name].sum())))
             for name, score in scores.items()
         }
     flat = torch.cat([score.reshape(-1) for score in scores.values()])
     kept_now = sum(int(mask.sum()) for mask in current.values())
-    flat_mask = _keep_top(flat, min(round(flat.numel() * (1 - sparsity)), kept_now))
+    flat_mask = keep_top(flat, min(round(flat.numel() * (1 - sparsity)), kept_now))
     masks, offset = {}, 0
     for name, score in scores.items():
         masks[name] = flat_mask[offset : offset + score.numel()].reshape(score.shape)

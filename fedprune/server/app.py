@@ -34,7 +34,7 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: Path,
     write_json_atomic(out_dir / "config.json", cfg.to_dict())
     recorder = Recorder(out_dir)
     try:
-        partition_of = discover_partitions(grid, recorder)
+        partition_of = discover_partitions(grid, recorder, cfg.num_clients)
         if len(partition_of) != cfg.num_clients:
             raise RuntimeError(f"{len(partition_of)} nodes connected, config asks for {cfg.num_clients}")
         counting = CountingGrid(grid, recorder, partition_of)

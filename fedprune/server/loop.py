@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
 from collections.abc import Callable, Iterable
 
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedprune import wire
@@ -16,11 +17,34 @@ from fedprune.clients.local import accuracy
 from fedprune.config import ExperimentConfig
 from fedprune.methods import METHODS
 from fedprune.server.records import MethodTally, Recorder
-from fedprune.strategies import DenseFedAvg, MaskedFedAvg, PersonalizedStrategy
+from fedprune.clients.app import handle_evaluate, handle_train, shared_part
+from fedprune.strategies import DenseFedAvg, LocalOnly, MaskedFedAvg, PersonalizedStrategy
 from fedprune.task import initial_model, new_model, union_test_set
 
 TIMEOUT_S = 3600.0
 MB = 1e6
+
+
+class LocalGrid:
+    """Hands messages to clients in this process: for ``local``, where nothing is sent."""
+
+    crosses_network = False
+
+    def __init__(self, cfg: ExperimentConfig, partition_of: dict[int, int]) -> None:
+        self.cfg = cfg
+        self.contexts = {
+            node: Context(run_id=0, node_id=node, state=RecordDict(), run_config={},
+                          node_config={"partition-id": partition, "num-partitions": len(partition_of)})
+            for node, partition in partition_of.items()
+        }
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self.contexts)
+
+    def send_and_receive(self, messages: Iterable[Message], timeout: float) -> list[Message]:
+        handler = {MessageType.TRAIN: handle_train, MessageType.EVALUATE: handle_evaluate}
+        return [handler[m.metadata.message_type](m, self.contexts[m.metadata.dst_node_id], self.cfg)
+                for m in messages]
 
 
 class CountingGrid:
@@ -35,9 +59,10 @@ class CountingGrid:
                  server_round: int) -> list[Message]:
         """Send ``messages``, wait for replies, record down/up bytes per client."""
         messages = list(messages)
-        down = {m.metadata.dst_node_id: wire.message_bytes(m) for m in messages}
+        size = wire.message_bytes if getattr(self.grid, "crosses_network", True) else (lambda _: 0)
+        down = {m.metadata.dst_node_id: size(m) for m in messages}
         replies = list(self.grid.send_and_receive(messages, timeout=TIMEOUT_S))
-        up = {r.metadata.src_node_id: wire.message_bytes(r) for r in replies}
+        up = {r.metadata.src_node_id: size(r) for r in replies}
         for node, size in sorted(down.items(), key=lambda item: self.partition_of.get(item[0], -1)):
             self.recorder.write(method=tally.method if tally else None, round=server_round,
                                 phase=phase, client=self.partition_of.get(node),
@@ -48,9 +73,13 @@ class CountingGrid:
         return replies
 
 
-def discover_partitions(grid: Grid, recorder: Recorder) -> dict[int, int]:
-    """Ask every node for its partition id (one small query message each)."""
-    nodes = sorted(grid.get_node_ids())
+def discover_partitions(grid: Grid, recorder: Recorder, expected: int, wait_s: float = 120.0) -> dict[int, int]:
+    """Wait for ``expected`` nodes, then ask each for its partition id (one small query each)."""
+    deadline = time.monotonic() + wait_s
+    while len(nodes := sorted(grid.get_node_ids())) < expected:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(nodes)} nodes connected after {wait_s:.0f}s, config asks for {expected}")
+        time.sleep(0.2)
     queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
     counting = CountingGrid(grid, recorder, {})
     replies = counting.exchange(queries, None, "setup", 0)
@@ -65,15 +94,27 @@ def discover_partitions(grid: Grid, recorder: Recorder) -> dict[int, int]:
 
 def make_strategy(cfg: ExperimentConfig, method: str, template: dict[str, torch.Tensor],
                   partition_of: dict[int, int]) -> PersonalizedStrategy:
-    """The strategy that ``method`` aggregates with."""
-    kind = {"dense": DenseFedAvg, "masked": MaskedFedAvg}[METHODS[method].aggregation]
-    return kind(template, partition_of, method, seed=cfg.seed,
-                fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate)
+    """The strategy ``method`` aggregates with.
+
+    Dense methods use Flower's FedAvg mean unless part of the model is personal;
+    then, as for pruned methods, each entry is averaged over the clients that sent it.
+    """
+    partial_updates = cfg.personal_layers != "none" or cfg.personal_fraction > 0
+    shared = functools.partial(shared_part, cfg, template)
+    common = dict(seed=cfg.seed, fraction_train=cfg.fraction_train,
+                  fraction_evaluate=cfg.fraction_evaluate, shared_part=shared)
+    if not METHODS[method].federated:
+        return LocalOnly(template, partition_of, method, **common)
+    if METHODS[method].aggregation == "dense" and not partial_updates:
+        return DenseFedAvg(template, partition_of, method, **common)
+    consensus = cfg.global_mask if METHODS[method].aggregation == "masked" else "none"
+    return MaskedFedAvg(template, partition_of, method, consensus=consensus,
+                        vote_threshold=cfg.vote_threshold, **common)
 
 
-def global_accuracy(cfg: ExperimentConfig, arrays: ArrayRecord) -> float:
+def global_accuracy(cfg: ExperimentConfig, method: str, arrays: ArrayRecord) -> float:
     """The global model's accuracy on the union of all clients' test parts."""
-    model = new_model(cfg)
+    model = new_model(cfg, method)
     model.load_state_dict({k: torch.from_numpy(v.numpy().copy()) for k, v in arrays.items()})
     x, y = union_test_set(cfg)
     return accuracy(model, x, y)
@@ -83,10 +124,12 @@ def run_method(cfg: ExperimentConfig, method: str, grid: CountingGrid, recorder:
                progress: Callable[[str], None]) -> dict:
     """Run ``cfg.rounds`` rounds of ``method``; return its summary row."""
     started = time.perf_counter()
-    model = initial_model(cfg)
+    model = initial_model(cfg, method)
     template = {k: v.detach().clone() for k, v in model.state_dict().items()}
     arrays = ArrayRecord({k: Array(v.numpy()) for k, v in template.items()})
     strategy = make_strategy(cfg, method, template, grid.partition_of)
+    if not METHODS[method].federated:
+        grid = CountingGrid(LocalGrid(cfg, grid.partition_of), recorder, grid.partition_of)
     tally = MethodTally(method)
     for server_round in range(1, cfg.rounds + 1):
         round_start = time.perf_counter()
@@ -107,7 +150,7 @@ def run_method(cfg: ExperimentConfig, method: str, grid: CountingGrid, recorder:
         last = server_round == cfg.rounds
         if last or server_round % cfg.evaluate_every == 0:
             evaluate_personal(strategy, grid, tally, recorder, arrays, server_round, all_clients=last)
-            tally.global_accuracy = global_accuracy(cfg, arrays)
+            tally.global_accuracy = global_accuracy(cfg, method, arrays) if METHODS[method].federated else None
             recorder.write(method=method, round=server_round, phase="global",
                            global_accuracy=tally.global_accuracy)
         mean_acc = statistics.fmean(tally.personal_accuracy.values()) if tally.personal_accuracy else math.nan

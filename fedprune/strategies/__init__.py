@@ -1,7 +1,8 @@
 """Aggregation rules: Flower Strategy subclasses."""
 
 from fedprune.strategies.dense import DenseFedAvg
+from fedprune.strategies.local import LocalOnly
 from fedprune.strategies.masked import MaskedFedAvg, masked_mean
 from fedprune.strategies.personalized import PersonalizedStrategy
 
-__all__ = ["DenseFedAvg", "MaskedFedAvg", "PersonalizedStrategy", "masked_mean"]
+__all__ = ["DenseFedAvg", "LocalOnly", "MaskedFedAvg", "PersonalizedStrategy", "masked_mean"]

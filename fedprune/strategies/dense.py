@@ -6,15 +6,13 @@ import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from fedprune.pruning.masks import Masks
-from fedprune.strategies.personalized import PersonalizedStrategy
+from fedprune.strategies.personalized import Decoded, PersonalizedStrategy
 
 
 class DenseFedAvg(PersonalizedStrategy):
     """Every client gets and returns the full model; Flower's FedAvg mean combines them."""
 
-    def combine(self, decoded: list[tuple[dict[str, torch.Tensor], Masks | None, float]]
-                ) -> dict[str, torch.Tensor]:
+    def combine(self, decoded: list[Decoded]) -> dict[str, torch.Tensor]:
         """Flower's ``aggregate_arrayrecords`` over the (already checked) replies."""
         records = [
             RecordDict({

@@ -6,8 +6,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
 from fedprune import wire
+from fedprune.pruning.consensus import consensus_mask
 from fedprune.pruning.masks import Masks
-from fedprune.strategies.personalized import PersonalizedStrategy
+from fedprune.strategies.personalized import Decoded, PersonalizedStrategy
 
 
 def masked_mean(previous: torch.Tensor, values: list[torch.Tensor], masks: list[torch.Tensor | None],
@@ -28,28 +29,44 @@ def masked_mean(previous: torch.Tensor, values: list[torch.Tensor], masks: list[
 
 
 class MaskedFedAvg(PersonalizedStrategy):
-    """Each entry is averaged over the clients that keep it; nobody's entries stay put.
+    """Each entry is averaged over the clients that sent it; entries nobody sent stay put.
 
-    Downlink: a client whose mask the server holds gets only the values at its
-    kept entries (it already has the mask); otherwise the dense model.
+    With ``consensus`` (``vote``, ``union``, ``intersection``) the server also merges
+    the clients' latest masks into one global mask after every round, zeroes the
+    global model outside it, and asks every client to adopt it (its bitmap travels
+    to a client once, when the client's mask differs).
     """
 
-    def payload(self, node_id: int) -> tuple[ArrayRecord, ConfigRecord]:
-        masks = self.client_masks.get(self.partition_of[node_id])
-        if masks is None:
-            return super().payload(node_id)
-        return wire.pack(self.global_state, masks, False), ConfigRecord(
-            {"encoding": "masked", "mask-digest": wire.mask_digest(masks)})
+    def __init__(self, *args, consensus: str = "none", vote_threshold: float = 0.5, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.consensus = consensus
+        self.vote_threshold = vote_threshold
+        self.global_mask: Masks | None = None
 
-    def combine(self, decoded: list[tuple[dict[str, torch.Tensor], Masks | None, float]]
-                ) -> dict[str, torch.Tensor]:
+    def payload(self, partition: int, server_round: int) -> tuple[ArrayRecord, ConfigRecord]:
+        if self.global_mask is None or partition not in self.known:
+            return super().payload(partition, server_round)
+        mask = self.global_mask
+        changed = wire.mask_digest(self.client_masks.get(partition)) != wire.mask_digest(mask)
+        self.client_masks[partition] = mask
+        sent = self.sent_entries(mask, partition, server_round)
+        return wire.pack(self.global_state, sent, mask if changed else None), ConfigRecord(
+            {"encoding": "masked", "mask-digest": wire.mask_digest(mask)})
+
+    def combine(self, decoded: list[Decoded]) -> dict[str, torch.Tensor]:
         weights = [weight for _, _, weight in decoded]
-        return {
+        state = {
             name: masked_mean(
                 self.global_state[name],
-                [state[name] for state, _, _ in decoded],
-                [(masks or {}).get(name) for _, masks, _ in decoded],
+                [values[name] for values, _, _ in decoded],
+                [sent.get(name) for _, sent, _ in decoded],
                 weights,
             )
             for name in self.template
         }
+        if self.consensus != "none" and self.client_masks:
+            reported = [self.client_masks[p] for p in sorted(self.client_masks)]
+            self.global_mask = consensus_mask(reported, self.consensus, self.vote_threshold)
+            for name, mask in self.global_mask.items():
+                state[name] = state[name] * mask
+        return state

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import WARNING
 
 import numpy as np
@@ -13,8 +13,19 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from fedprune import wire
+from fedprune import partial, wire
 from fedprune.pruning.masks import Masks
+
+#: (partition, server_round) -> entries that partition shares that round ({} = everything)
+SharedPart = Callable[[int, int], Masks]
+
+
+def everything_shared(partition: int, server_round: int) -> Masks:
+    """No partial updates: every entry is shared."""
+    return {}
+
+
+Decoded = tuple[dict[str, torch.Tensor], Masks, float]
 
 
 class PersonalizedStrategy(FedAvg):
@@ -22,45 +33,60 @@ class PersonalizedStrategy(FedAvg):
 
     - Sampling: a seeded ``random.Random`` over partition ids (node ids are random
       in Flower's simulation, partition ids are not), so runs are reproducible.
-    - Payloads: each client gets its own message; subclasses decide its encoding.
+    - Payloads: each client gets its own message (``payload``).
     - Replies are decoded and checked (shapes, finiteness, mask consistency) before
       aggregation; a faulty reply is dropped and logged, never aggregated.
-    - ``client_masks`` holds the latest mask each client reported.
+    - ``client_masks`` holds the latest mask each client reported; ``known`` the
+      clients that replied at least once.
     """
 
     def __init__(self, template: dict[str, torch.Tensor], partition_of: dict[int, int],
                  method: str, seed: int, fraction_train: float = 1.0,
-                 fraction_evaluate: float = 1.0) -> None:
+                 fraction_evaluate: float = 1.0, shared_part: SharedPart = everything_shared) -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
                          min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
         self.template = template
         self.partition_of = partition_of
         self.method = method
         self.rng = random.Random(seed)
+        self.shared_part = shared_part
         self.client_masks: dict[int, Masks] = {}
+        self.known: set[int] = set()
         self.rejected: list[tuple[int, str]] = []
         self.global_state: dict[str, torch.Tensor] = {}
 
     # ---- sampling and payloads ---------------------------------------------------------
     def sample(self, fraction: float) -> list[int]:
-        """Node ids of a seeded sample of ``ceil``-free ``fraction`` of the clients (at least 1)."""
+        """Node ids of a seeded sample of ``int(fraction * clients)`` clients (at least 1)."""
         partitions = sorted(self.partition_of.values())
         count = max(1, int(len(partitions) * fraction))
         chosen = sorted(self.rng.sample(partitions, count))
         node_of = {p: n for n, p in self.partition_of.items()}
         return [node_of[p] for p in chosen]
 
-    def payload(self, node_id: int) -> tuple[ArrayRecord, ConfigRecord]:
-        """The model for ``node_id`` and its wire description; dense by default."""
-        return wire.pack(self.global_state, None, False), ConfigRecord(
-            {"encoding": "dense", "mask-digest": 0})
+    def payload(self, partition: int, server_round: int) -> tuple[ArrayRecord, ConfigRecord]:
+        """The model for ``partition`` and its wire description.
+
+        First contact: the dense model. Afterwards only the entries the client keeps
+        (its last reported mask) and shares this round.
+        """
+        if partition not in self.known:
+            return wire.pack(self.global_state, None), ConfigRecord({"encoding": "dense", "mask-digest": 0})
+        masks = self.client_masks.get(partition)
+        sent = self.sent_entries(masks, partition, server_round)
+        return wire.pack(self.global_state, sent), ConfigRecord(
+            {"encoding": "masked", "mask-digest": wire.mask_digest(masks)})
+
+    def sent_entries(self, masks: Masks | None, partition: int, server_round: int) -> Masks:
+        """Entries that travel: kept by ``masks`` and shared by ``partition`` this round."""
+        return partial.intersect(masks, self.shared_part(partition, server_round))
 
     def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                   node_ids: list[int], message_type: str) -> list[Message]:
         self.global_state = {k: torch.from_numpy(np.asarray(v.numpy()).copy()) for k, v in arrays.items()}
         messages = []
         for node_id in node_ids:
-            model, wire_config = self.payload(node_id)
+            model, wire_config = self.payload(self.partition_of[node_id], server_round)
             content = ConfigRecord({**dict(config), **dict(wire_config),
                                     "method": self.method, "server-round": server_round})
             messages.append(Message(RecordDict({"arrays": model, "config": content}),
@@ -75,49 +101,48 @@ class PersonalizedStrategy(FedAvg):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """Personal evaluation on a seeded sample (``config['all-clients']`` forces everyone)."""
+        """Personal evaluation on a seeded sample (``config['all-clients']`` asks everyone)."""
         fraction = 1.0 if config.get("all-clients", False) else self.fraction_evaluate
         return self._messages(server_round, arrays, config, self.sample(fraction),
                               MessageType.EVALUATE)
 
     # ---- replies ------------------------------------------------------------------------
-    def decode(self, message: Message) -> tuple[dict[str, torch.Tensor], Masks | None, float]:
-        """Full-size tensors, the client's mask (None if dense) and its weight; raises on faults."""
+    def decode(self, message: Message) -> Decoded:
+        """Full-size tensors, the entries the client sent, and its weight; raises on faults."""
         content = message.content
-        metrics = content["metrics"]
-        weight = float(metrics["num-examples"])
+        weight = float(content["metrics"]["num-examples"])
         if not weight > 0:
             raise ValueError(f"num-examples must be positive, got {weight}")
         partition = self.partition_of[message.metadata.src_node_id]
         record = content["arrays"]
-        digest = int(content["wire"]["mask-digest"])
         masks = wire.bitmaps_in(record, self.template) or self.client_masks.get(partition)
-        if wire.mask_digest(masks) != digest:
+        if wire.mask_digest(masks) != int(content["wire"]["mask-digest"]):
+            self.known.discard(partition)  # resynchronise with a dense payload next time
             raise ValueError("reply's values follow a mask the server does not hold")
-        values = ArrayRecord({k: v for k, v in record.items() if not k.endswith(wire.BITMAP_SUFFIX)})
-        state = wire.unpack(values, self.template, masks)
-        return state, masks, weight
+        sent = self.sent_entries(masks, partition, int(content["wire"]["server-round"]))
+        state = wire.unpack(wire.values_only(record), self.template, sent)
+        if masks:
+            self.client_masks[partition] = masks
+        return state, sent, weight
 
-    def valid_replies(self, replies: Iterable[Message]) -> list[tuple[int, dict, Masks | None, float, Message]]:
+    def valid_replies(self, replies: Iterable[Message]) -> list[tuple[int, Decoded, Message]]:
         """Decoded good replies sorted by partition id; faulty ones are logged and dropped."""
         good = []
         for message in replies:
-            node = message.metadata.src_node_id
-            partition = self.partition_of.get(node, -1)
+            partition = self.partition_of.get(message.metadata.src_node_id, -1)
             if message.has_error():
                 self.rejected.append((partition, message.error.reason))
+                self.known.discard(partition)  # resynchronise with a dense payload next time
                 continue
             try:
-                state, masks, weight = self.decode(message)
+                decoded = self.decode(message)
             except (KeyError, ValueError, TypeError) as error:
                 log(WARNING, "dropping reply of client %s: %s", partition, error)
                 self.rejected.append((partition, str(error)))
                 continue
-            good.append((partition, state, masks, weight, message))
+            self.known.add(partition)
+            good.append((partition, decoded, message))
         good.sort(key=lambda item: item[0])
-        for partition, _, masks, _, _ in good:
-            if masks:
-                self.client_masks[partition] = masks
         return good
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -126,11 +151,10 @@ class PersonalizedStrategy(FedAvg):
         good = self.valid_replies(replies)
         if not good:
             return None, None
-        state = self.combine([(s, m, w) for _, s, m, w, _ in good])
+        state = self.combine([decoded for _, decoded, _ in good])
         metrics = self.train_metrics_aggr_fn([msg.content for *_, msg in good], self.weighted_by_key)
         return ArrayRecord({k: Array(v.numpy()) for k, v in state.items()}), metrics
 
-    def combine(self, decoded: list[tuple[dict[str, torch.Tensor], Masks | None, float]]
-                ) -> dict[str, torch.Tensor]:
+    def combine(self, decoded: list[Decoded]) -> dict[str, torch.Tensor]:
         """The new global tensors from decoded replies (subclasses define the rule)."""
         raise NotImplementedError

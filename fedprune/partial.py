@@ -1,0 +1,54 @@
+"""Partial updates: which entries of the model are shared with the server in a round.
+
+Two kinds of personal parameters, combinable with any pruning method:
+
+- personal layers (FedPer, Arivazhagan et al. 2019; FedRep, Collins et al. 2021):
+  ``personal_layers = "head"`` keeps the classifier head (``head.*`` or
+  ``classifier.*``) on the client forever;
+- random partial updates (SRP-pFed): ``personal_fraction = p`` makes a random
+  fraction p of every other tensor's entries personal, drawn anew each round from
+  (seed, client, round), so client and server derive the same split without
+  sending it.
+
+Shared masks are ``True`` where an entry travels; tensors absent are fully shared.
+Pure torch, no Flower import.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+
+import torch
+
+from fedprune.pruning.masks import Masks
+
+PERSONAL_LAYERS = ("none", "head")
+HEAD_PREFIXES = ("head.", "classifier.")
+
+
+def is_head(name: str) -> bool:
+    """True for parameters of the classifier head."""
+    return name.startswith(HEAD_PREFIXES)
+
+
+def shared_masks(template: Mapping[str, torch.Tensor], personal_layers: str, personal_fraction: float,
+                 seed: int, client: int, server_round: int) -> Masks:
+    """The entries of each tensor that client ``client`` shares in ``server_round``."""
+    masks: Masks = {}
+    generator = torch.Generator().manual_seed(zlib.crc32(f"srp/{seed}/{client}/{server_round}".encode()))
+    for name, tensor in template.items():
+        if personal_layers == "head" and is_head(name):
+            masks[name] = torch.zeros(tensor.shape, dtype=torch.bool)
+        elif personal_fraction > 0:
+            masks[name] = torch.rand(tensor.shape, generator=generator) >= personal_fraction
+    return masks
+
+
+def intersect(first: Masks | None, second: Masks | None) -> Masks:
+    """Entry-wise AND of two mask sets; a tensor missing from one set counts as all-true."""
+    first, second = first or {}, second or {}
+    result = dict(first)
+    for name, mask in second.items():
+        result[name] = result[name] & mask if name in result else mask
+    return result
