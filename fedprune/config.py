@@ -159,6 +159,9 @@ def _check_ranges(cfg: ExperimentConfig, num_examples: int) -> None:
         need(len(widths) > 0 and min(widths) >= 1, f"{name}: widths must be a non-empty list of positive integers")
     need(cfg.num_clients <= num_examples,
          f"num_clients: {cfg.num_clients} clients but dataset {cfg.dataset!r} has only {num_examples} examples")
+    need(2 * cfg.num_clients <= num_examples,
+         f"num_clients: {cfg.num_clients} clients need at least 2 examples each (local train and test); "
+         f"dataset {cfg.dataset!r} has {num_examples}")
     if cfg.partitioner == "pathological":
         need(cfg.classes_per_client <= 10 or cfg.dataset != "digits",
              f"classes_per_client: {cfg.classes_per_client} exceeds the 10 classes of digits")
@@ -202,6 +205,8 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
             values.update(tomllib.loads(Path(path).read_text()))
         except FileNotFoundError:
             raise ConfigError(f"--config: file {str(path)!r} not found") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"--config: cannot read {str(path)!r} ({error.__class__.__name__})") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"--config: {path} is not valid TOML ({error})") from None
     for text in overrides:

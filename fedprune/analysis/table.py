@@ -17,6 +17,8 @@ COLUMNS = (
     ("MB up", "bytes_up", "mb"),
     ("MB down", "bytes_down", "mb"),
     ("sparsity", "sparsity", "{:.3f}"),
+    ("latency ms", "latency_ms_mean", "{:.3f}"),
+    ("kFLOPs/ex", "flops_mean", "kflops"),
     ("seconds", "seconds", "{:.1f}"),
 )
 
@@ -26,6 +28,8 @@ def _cell(value: object, fmt: str) -> str:
         return "-"
     if fmt == "mb":
         return f"{float(value) / MB:.3f}"
+    if fmt == "kflops":
+        return f"{float(value) / 1e3:.1f}"
     return fmt.format(value)
 
 

@@ -16,6 +16,7 @@ from fedprune import wire
 from fedprune.clients.local import accuracy
 from fedprune.config import ExperimentConfig
 from fedprune.methods import METHODS
+from fedprune.server.costs import mean_costs, personal_costs
 from fedprune.server.records import MethodTally, Recorder
 from fedprune.clients.app import handle_evaluate, handle_train, shared_part
 from fedprune.strategies import DenseFedAvg, LocalOnly, MaskedFedAvg, PersonalizedStrategy
@@ -73,6 +74,15 @@ class CountingGrid:
         return replies
 
 
+def by_partition(replies: list[Message]) -> list[Message]:
+    """Replies in partition order (error replies last), so records are written reproducibly."""
+    def key(reply: Message) -> tuple[int, int]:
+        if reply.has_error():
+            return (1, 0)
+        return (0, int(reply.content["metrics"]["partition-id"]))
+    return sorted(replies, key=key)
+
+
 def discover_partitions(grid: Grid, recorder: Recorder, expected: int, wait_s: float = 120.0) -> dict[int, int]:
     """Wait for ``expected`` nodes, then ask each for its partition id (one small query each)."""
     deadline = time.monotonic() + wait_s
@@ -81,14 +91,18 @@ def discover_partitions(grid: Grid, recorder: Recorder, expected: int, wait_s: f
             raise RuntimeError(f"{len(nodes)} nodes connected after {wait_s:.0f}s, config asks for {expected}")
         time.sleep(0.2)
     queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-    counting = CountingGrid(grid, recorder, {})
-    replies = counting.exchange(queries, None, "setup", 0)
+    replies = grid.send_and_receive(queries, timeout=TIMEOUT_S)
     mapping = {}
     for reply in replies:
         if reply.has_error():
             raise RuntimeError(f"node {reply.metadata.src_node_id} failed to report its partition: "
                                f"{reply.error.reason}")
         mapping[reply.metadata.src_node_id] = int(reply.content["info"]["partition-id"])
+    # Record the query's bytes once the partition of every node is known.
+    for query, reply in zip(sorted(queries, key=lambda m: m.metadata.dst_node_id),
+                            sorted(replies, key=lambda m: m.metadata.src_node_id)):
+        recorder.write(method=None, round=0, phase="setup", client=mapping[reply.metadata.src_node_id],
+                       bytes_down=wire.message_bytes(query), bytes_up=wire.message_bytes(reply))
     return mapping
 
 
@@ -138,7 +152,7 @@ def run_method(cfg: ExperimentConfig, method: str, grid: CountingGrid, recorder:
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays
-        for reply in replies:
+        for reply in by_partition(replies):
             if not reply.has_error():
                 metrics = reply.content["metrics"]
                 partition = int(metrics["partition-id"])
@@ -157,7 +171,14 @@ def run_method(cfg: ExperimentConfig, method: str, grid: CountingGrid, recorder:
         progress(f"[{method}] round {server_round}/{cfg.rounds}  {time.perf_counter() - round_start:5.2f}s  "
                  f"personal acc {mean_acc:.3f}  up {tally.bytes_up / MB:.3f} MB  "
                  f"down {tally.bytes_down / MB:.3f} MB")
-    return summary_row(cfg, tally, time.perf_counter() - started, strategy)
+    row = summary_row(cfg, tally, time.perf_counter() - started, strategy)
+    final = {k: torch.from_numpy(v.numpy().copy()) for k, v in arrays.items()}
+    masks = {p: strategy.client_masks.get(p) for p in sorted(grid.partition_of.values())}
+    costs = personal_costs(cfg, method, final, masks)
+    for partition, cost in costs.items():
+        recorder.write(method=method, round=cfg.rounds, phase="device", client=partition, **cost)
+    row.update(mean_costs(costs))
+    return row
 
 
 def evaluate_personal(strategy: PersonalizedStrategy, grid: CountingGrid, tally: MethodTally,
@@ -166,7 +187,7 @@ def evaluate_personal(strategy: PersonalizedStrategy, grid: CountingGrid, tally:
     config = ConfigRecord({"all-clients": all_clients})
     replies = grid.exchange(strategy.configure_evaluate(server_round, arrays, config, grid.grid),
                             tally, "evaluate", server_round)
-    for reply in replies:
+    for reply in by_partition(replies):
         if reply.has_error():
             continue
         metrics: MetricRecord = reply.content["metrics"]

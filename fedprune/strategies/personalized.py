@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterable
 from logging import WARNING
@@ -111,7 +112,7 @@ class PersonalizedStrategy(FedAvg):
         """Full-size tensors, the entries the client sent, and its weight; raises on faults."""
         content = message.content
         weight = float(content["metrics"]["num-examples"])
-        if not weight > 0:
+        if not (math.isfinite(weight) and weight > 0):
             raise ValueError(f"num-examples must be positive, got {weight}")
         partition = self.partition_of[message.metadata.src_node_id]
         record = content["arrays"]
@@ -139,6 +140,7 @@ class PersonalizedStrategy(FedAvg):
             except (KeyError, ValueError, TypeError) as error:
                 log(WARNING, "dropping reply of client %s: %s", partition, error)
                 self.rejected.append((partition, str(error)))
+                self.known.discard(partition)  # resynchronise with a dense payload next time
                 continue
             self.known.add(partition)
             good.append((partition, decoded, message))

@@ -1,0 +1,50 @@
+"""On-device cost of each client's personal model, measured in the server process at run end.
+
+The server knows each personal model's structure (the global model under the
+client's mask); values do not change latency or FLOPs. Models with the same
+structure are measured once. Latency: batch 32, 1 thread (``fedprune.device``).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from fedprune import wire
+from fedprune.config import ExperimentConfig
+from fedprune.data import load_dataset
+from fedprune.device import flops_per_example, measure_latency
+from fedprune.pruning import apply_masks
+from fedprune.pruning.masks import Masks
+from fedprune.task import new_model
+
+BATCH = 32
+
+
+def personal_costs(cfg: ExperimentConfig, method: str, global_state: dict[str, torch.Tensor],
+                   client_masks: dict[int, Masks | None], threads: int = 1) -> dict[int, dict]:
+    """Per partition: ``latency_ms`` (median), ``flops`` (per example) of its personal model."""
+    _, info = load_dataset(cfg.dataset)
+    inputs = torch.randn(BATCH, *info.input_shape, generator=torch.Generator().manual_seed(0))
+    measured: dict[int, dict] = {}
+    results = {}
+    for partition, masks in sorted(client_masks.items()):
+        key = wire.mask_digest(masks)
+        if key not in measured:
+            model = new_model(cfg, method)
+            model.load_state_dict(global_state)
+            if masks:
+                apply_masks(model, masks)
+            latency = measure_latency(model, inputs, threads=threads, min_run_time=0.2)
+            measured[key] = {"latency_ms": latency.median_ms, "flops": flops_per_example(model, inputs, BATCH)}
+        results[partition] = measured[key]
+    return results
+
+
+def mean_costs(costs: dict[int, dict]) -> dict[str, float | None]:
+    """``latency_ms_mean`` and ``flops_mean`` over clients (None without clients)."""
+    if not costs:
+        return {"latency_ms_mean": None, "flops_mean": None}
+    return {"latency_ms_mean": statistics.fmean(c["latency_ms"] for c in costs.values()),
+            "flops_mean": statistics.fmean(c["flops"] for c in costs.values())}
