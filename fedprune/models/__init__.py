@@ -5,3 +5,8 @@ from fedprune.models.cnn import CNN
 from fedprune.models.mlp import MLP
 
 __all__ = ["CNN", "MLP", "MODEL_NAMES", "build_model"]
+
+# Prunable structure (unit groups) of each model family.
+from fedprune.models.structure import UnitGroup, expand_unit_mask, unit_groups
+
+__all__ += ["UnitGroup", "expand_unit_mask", "unit_groups"]

@@ -27,3 +27,22 @@ __all__ = [
     "mask_sparsity",
     "prunable_names",
 ]
+
+# Structured (whole-unit) pruning: MI estimators, unit selection, squeeze / expand.
+from fedprune.pruning.mi import BinnedMI, GaussianMI, MIEstimator, greedy_order, make_estimator
+from fedprune.pruning.squeeze import expand, masked, squeeze
+from fedprune.pruning.structured import collect_activations, select_units, unit_sparsity
+
+__all__ += [
+    "BinnedMI",
+    "GaussianMI",
+    "MIEstimator",
+    "collect_activations",
+    "expand",
+    "greedy_order",
+    "make_estimator",
+    "masked",
+    "select_units",
+    "squeeze",
+    "unit_sparsity",
+]

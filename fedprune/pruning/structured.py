@@ -1,0 +1,364 @@
+"""Structured (whole-unit) selection: layer-wise MI top-down, L1 and random baselines.
+
+``select_units`` returns a unit mask per group (True = kept) so that the *parameter*
+sparsity over the groups' weights (``weight_names``: every >= 2-D parameter a group owns
+a slice of; biases, embeddings, norms and the classifier's own rows are not counted)
+is close to ``sparsity``.
+
+MI (Fan et al. 2021, layer-wise MI pruning), top-down over the groups in forward order:
+the last group (the one feeding the classifier) is scored by I(unit; labels), every group
+below by I(unit; kept units of the next group up). For BERT the order is
+``L0.heads, L0.ffn, L1.heads, ...``: a layer's FFN neurons are scored against the kept
+heads of the next layer (the last FFN against the labels) and its heads against the kept
+FFN neurons of the same layer, i.e. the target is always the next pruned thing the
+signal flows into. Activations come from forward hooks (``fedprune.models.structure``)
+on at most ``max_rows`` examples, in eval mode under ``torch.no_grad``.
+
+Allocation:
+
+* ``uniform``: every group keeps the same fraction f (at least 1 unit), f found by
+  bisection so that the parameter sparsity is as close to the target as the integer
+  counts allow. One top-down pass.
+* ``global``: scores are normalised within each group (score / max score in the group,
+  negative scores clipped to 0); units are removed in increasing normalised score
+  (each group from its worst unit up, never its last unit) until the budget is met. For
+  MI the scores of that ranking come from a first top-down pass with the uniform
+  counts; the counts it yields are then filled by a second top-down pass so that every
+  group's target is the final kept set of the group above. Caveat: a group with few
+  units (4-12 heads) often has all its scores near its own maximum, so global mode
+  tends to keep heads and prune FFN neurons harder.
+
+``greedy=True`` ranks units by forward selection on the Gaussian conditional MI
+(``fedprune.pruning.mi.greedy_order``); the ranking's scores are the running minimum of
+the pick gains, so the top-m units by score are exactly the first m picks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from fedprune.models.structure import (
+    UnitGroup,
+    expand_unit_mask,
+    reduce_activation,
+    unit_groups,
+    weight_names,
+)
+from fedprune.pruning.mi import greedy_order, make_estimator
+
+METHODS = ("mi", "l1", "random")
+ALLOCATIONS = ("uniform", "global")
+LABEL_KEYS = ("labels", "label")
+
+Data = torch.Tensor | Mapping[str, torch.Tensor] | Iterable
+Ranking = tuple[torch.Tensor, torch.Tensor]  # unit indices best first, their scores
+
+
+class ParamBudget:
+    """Kept weight entries as a closed form of the per-group kept counts.
+
+    Exact because every (param, dim) has a single owner (``unit_groups`` checks it):
+    a weight keeps prod over dims of (owner's kept units * block, or the full size).
+    """
+
+    def __init__(self, model: nn.Module, groups: list[UnitGroup]) -> None:
+        params = dict(model.named_parameters())
+        self.shapes = {name: tuple(params[name].shape) for name in weight_names(model, groups)}
+        self.owner: dict[str, dict[int, tuple[int, int]]] = {name: {} for name in self.shapes}
+        self.touches: list[list[str]] = [[] for _ in groups]
+        for index, group in enumerate(groups):
+            for piece in group.slices:
+                if piece.param in self.shapes:
+                    self.owner[piece.param][piece.dim] = (index, piece.block)
+                    self.touches[index].append(piece.param)
+        self.total = sum(math.prod(shape) for shape in self.shapes.values())
+
+    def param_kept(self, name: str, counts: list[int]) -> int:
+        """Kept entries of weight ``name`` for the given per-group counts."""
+        owned = self.owner[name]
+        return math.prod(
+            counts[owned[d][0]] * owned[d][1] if d in owned else size
+            for d, size in enumerate(self.shapes[name])
+        )
+
+    def kept(self, counts: list[int]) -> int:
+        """Kept weight entries over all counted weights."""
+        return sum(self.param_kept(name, counts) for name in self.shapes)
+
+    def sparsity(self, counts: list[int]) -> float:
+        """Pruned fraction of the counted weights."""
+        return 1.0 - self.kept(counts) / self.total if self.total else 0.0
+
+
+def unit_sparsity(model: nn.Module, groups: list[UnitGroup], unit_masks: dict[str, torch.Tensor]) -> float:
+    """Exact parameter sparsity of ``unit_masks`` over ``weight_names`` (via expand_unit_mask)."""
+    masks = expand_unit_mask(model, groups, unit_masks)
+    names = weight_names(model, groups)
+    total = sum(masks[name].numel() for name in names)
+    return 1.0 - sum(int(masks[name].sum()) for name in names) / total
+
+
+def uniform_counts(budget: ParamBudget, sizes: list[int], sparsity: float) -> list[int]:
+    """Same kept fraction in every group (>= 1 unit), closest sparsity to the target."""
+
+    def counts(fraction: float) -> list[int]:
+        return [min(size, max(1, round(fraction * size))) for size in sizes]
+
+    low, high = 0.0, 1.0  # sparsity(counts(low)) > target >= sparsity(counts(high))
+    if budget.sparsity(counts(low)) <= sparsity:
+        return counts(low)
+    for _ in range(50):
+        middle = (low + high) / 2
+        if budget.sparsity(counts(middle)) > sparsity:
+            low = middle
+        else:
+            high = middle
+    return min(counts(low), counts(high), key=lambda c: abs(budget.sparsity(c) - sparsity))
+
+
+def global_counts(budget: ParamBudget, rankings: list[Ranking], sparsity: float) -> list[int]:
+    """Remove units in increasing normalised score until the budget is met (>= 1 per group)."""
+    counts = [len(order) for order, _ in rankings]
+    queue = []
+    for index, (_, ranked) in enumerate(rankings):
+        normalised = ranked.clamp_min(0) / max(float(ranked.max()), 1e-12)
+        queue += [(float(normalised[pos]), -pos, index) for pos in range(1, len(ranked))]
+    queue.sort()
+    goal = (1.0 - sparsity) * budget.total
+    kept = {name: budget.param_kept(name, counts) for name in budget.shapes}
+    total = sum(kept.values())
+    for _, _, index in queue:
+        if total <= goal:
+            break
+        previous = total
+        counts[index] -= 1
+        for name in budget.touches[index]:
+            total -= kept[name]
+            kept[name] = budget.param_kept(name, counts)
+            total += kept[name]
+        if total < goal and goal - total > previous - goal:
+            counts[index] += 1  # the step before was closer to the target
+            break
+    return counts
+
+
+def _ranking(scores: torch.Tensor) -> Ranking:
+    order = torch.argsort(scores, descending=True, stable=True)
+    return order, scores[order]
+
+
+def l1_scores(model: nn.Module, group: UnitGroup) -> torch.Tensor:
+    """L1 norm of the weight entries (>= 2-D parameters) each unit owns."""
+    params = dict(model.named_parameters())
+    total = torch.zeros(group.size, dtype=torch.float64)
+    for piece in group.slices:
+        weight = params[piece.param].detach()
+        if weight.dim() < 2:
+            continue
+        others = [d for d in range(weight.dim()) if d != piece.dim]
+        total += weight.abs().sum(dim=others).view(group.size, piece.block).sum(dim=1).cpu().double()
+    return total
+
+
+def _batches(
+    data: Data, labels: torch.Tensor | None, max_rows: int, batch_size: int, seed: int
+) -> Iterator[tuple[torch.Tensor | dict, torch.Tensor | None]]:
+    """``(inputs, labels)`` batches; a whole tensor/mapping is subsampled to ``max_rows``."""
+    if isinstance(data, (torch.Tensor, Mapping)):
+        if labels is None and isinstance(data, Mapping):
+            labels = next((data[key] for key in LABEL_KEYS if key in data), None)
+        rows = torch.arange(_rows(data))
+        if len(rows) > max_rows:
+            generator = torch.Generator().manual_seed(seed)
+            rows = torch.randperm(len(rows), generator=generator)[:max_rows].sort().values
+        for start in range(0, len(rows), batch_size):
+            index = rows[start : start + batch_size]
+            yield _take(data, index), None if labels is None else labels[index]
+        return
+    offset = 0
+    for batch in data:
+        if isinstance(batch, (tuple, list)):
+            inputs, batch_labels = batch[0], batch[1]
+        elif isinstance(batch, Mapping):
+            inputs = batch
+            batch_labels = next((batch[key] for key in LABEL_KEYS if key in batch), None)
+        else:
+            inputs, batch_labels = batch, None
+        size = _rows(inputs)
+        if labels is not None:
+            batch_labels = labels[offset : offset + size]
+        offset += size
+        yield inputs, batch_labels
+
+
+def _take(data: torch.Tensor | Mapping, index: torch.Tensor) -> torch.Tensor | dict:
+    if isinstance(data, torch.Tensor):
+        return data[index]
+    return {key: value[index] if isinstance(value, torch.Tensor) else value for key, value in data.items()}
+
+
+def _rows(inputs: torch.Tensor | Mapping) -> int:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.shape[0]
+    return next(value for value in inputs.values() if isinstance(value, torch.Tensor)).shape[0]
+
+
+@torch.no_grad()
+def collect_activations(
+    model: nn.Module,
+    groups: list[UnitGroup],
+    data: Data,
+    labels: torch.Tensor | None = None,
+    max_rows: int = 2048,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Per-group activations ``(rows, size)`` (float32, CPU) and the matching labels.
+
+    ``data``: a tensor of inputs, a mapping of model keyword inputs (``input_ids``,
+    ``attention_mask``...), or an iterable of batches (tensors, ``(x, y)`` pairs or
+    mappings with an optional ``labels``/``label`` key). Whole tensors/mappings larger
+    than ``max_rows`` are subsampled (seeded); iterables are read until ``max_rows`` rows.
+    ``labels`` (optional) are aligned with the rows of ``data``.
+    """
+    modules = dict(model.named_modules())
+    stored: dict[str, list[torch.Tensor]] = {group.name: [] for group in groups}
+    state: dict[str, torch.Tensor | None] = {"token_mask": None}
+    handles = []
+
+    def make_hook(group: UnitGroup):
+        source = group.source
+
+        def keep(value: torch.Tensor) -> None:
+            reduced = reduce_activation(source, value, state["token_mask"])
+            stored[group.name].append(reduced.float().cpu())
+
+        if source.hook == "input":
+            return modules[source.module].register_forward_pre_hook(lambda _m, args: keep(args[0]))
+        return modules[source.module].register_forward_hook(lambda _m, _a, out: keep(out))
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    label_parts, rows = [], 0
+    try:
+        handles = [make_hook(group) for group in groups]
+        for inputs, batch_labels in _batches(data, labels, max_rows, batch_size, seed):
+            if isinstance(inputs, Mapping):
+                kwargs = {
+                    key: value.to(device) if isinstance(value, torch.Tensor) else value
+                    for key, value in inputs.items()
+                    if key not in LABEL_KEYS
+                }
+                state["token_mask"] = kwargs.get("attention_mask")
+                model(**kwargs)
+            else:
+                model(inputs.to(device))
+            if batch_labels is not None:
+                label_parts.append(torch.as_tensor(batch_labels).cpu())
+            rows += _rows(inputs)
+            if rows >= max_rows:
+                break
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    acts = {name: torch.cat(parts)[:max_rows] for name, parts in stored.items()}
+    all_labels = torch.cat(label_parts)[:max_rows] if label_parts else None
+    return acts, all_labels
+
+
+def _mi_rankings(
+    groups: list[UnitGroup],
+    acts: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    counts: list[int],
+    estimator: str,
+    greedy: bool,
+    full: bool,
+) -> list[Ranking]:
+    """Top-down MI rankings; group g's target is the top ``counts`` units of the group above.
+
+    With ``greedy`` only ``counts[g]`` picks are made unless ``full``.
+    """
+    scorer = make_estimator(estimator)
+    rankings: list[Ranking] = [None] * len(groups)  # type: ignore[list-item]
+    target = labels
+    for index in reversed(range(len(groups))):
+        units = acts[groups[index].name]
+        if greedy:
+            order, gains = greedy_order(units, target, None if full else counts[index])
+            rankings[index] = (order, torch.cummin(gains, dim=0).values)
+        else:
+            rankings[index] = _ranking(scorer.scores(units, target))
+        kept = rankings[index][0][: counts[index]].sort().values
+        target = units[:, kept]
+    return rankings
+
+
+def _masks(groups: list[UnitGroup], rankings: list[Ranking], counts: list[int]) -> dict[str, torch.Tensor]:
+    masks = {}
+    for group, (order, _), count in zip(groups, rankings, counts):
+        mask = torch.zeros(group.size, dtype=torch.bool)
+        mask[order[:count]] = True
+        masks[group.name] = mask
+    return masks
+
+
+def select_units(
+    model: nn.Module,
+    method: str = "mi",
+    sparsity: float = 0.5,
+    data: Data | None = None,
+    labels: torch.Tensor | None = None,
+    *,
+    estimator: str = "gaussian",
+    greedy: bool = False,
+    allocation: str = "uniform",
+    seed: int = 0,
+    max_rows: int = 2048,
+    batch_size: int = 256,
+    groups: list[UnitGroup] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Unit masks (group name -> bool vector, True = kept) at parameter ``sparsity``.
+
+    ``method``: ``mi`` (needs ``data`` and labels, given or inside the batches), ``l1``
+    or ``random`` (seeded; both ignore ``data``). ``estimator`` (``gaussian``/``binned``)
+    and ``greedy`` (Gaussian conditional MI, Gaussian estimator only) apply to ``mi``.
+    At least one unit per group is kept, so very high targets may be unreachable.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: unknown {method!r}; allowed: {', '.join(METHODS)}")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation: unknown {allocation!r}; allowed: {', '.join(ALLOCATIONS)}")
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if greedy and estimator != "gaussian":
+        raise ValueError("greedy selection uses the Gaussian conditional MI: set estimator='gaussian'")
+    groups = unit_groups(model) if groups is None else groups
+    budget = ParamBudget(model, groups)
+    counts = uniform_counts(budget, [group.size for group in groups], sparsity)
+    if method == "mi":
+        if data is None:
+            raise ValueError("method 'mi' needs data")
+        acts, found = collect_activations(model, groups, data, labels, max_rows, batch_size, seed)
+        if found is None:
+            raise ValueError("method 'mi' needs labels (argument or inside the batches)")
+        full = allocation == "global"
+        rankings = _mi_rankings(groups, acts, found, counts, estimator, greedy, full)
+        if full:
+            counts = global_counts(budget, rankings, sparsity)
+            rankings = _mi_rankings(groups, acts, found, counts, estimator, greedy, False)
+        return _masks(groups, rankings, counts)
+    if method == "l1":
+        rankings = [_ranking(l1_scores(model, group)) for group in groups]
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        rankings = [_ranking(torch.rand(group.size, generator=generator)) for group in groups]
+    if allocation == "global":
+        counts = global_counts(budget, rankings, sparsity)
+    return _masks(groups, rankings, counts)
