@@ -68,6 +68,12 @@ class ExperimentConfig:
     finetune_epochs: int = 1
     global_mask: str = "none"
     vote_threshold: float = 0.5
+    # structured pruning (mi, l1-structured, random-structured)
+    structured_schedule: str = "gradual"
+    mi_estimator: str = "gaussian"
+    mi_greedy: bool = False
+    mi_allocation: str = "uniform"
+    mi_max_rows: int = 2048
     # simulation
     num_cpus_per_client: float = 1.0
 
@@ -83,6 +89,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model": MODEL_NAMES,
     "personal_layers": PERSONAL_LAYERS,
     "global_mask": ("none", *RULES),
+    "structured_schedule": ("gradual", "once"),
+    "mi_estimator": ("gaussian", "binned"),
+    "mi_allocation": ("uniform", "global"),
 }
 
 
@@ -147,6 +156,9 @@ def _check_ranges(cfg: ExperimentConfig, num_examples: int) -> None:
         need(getattr(cfg, name) >= 0, f"{name}: {getattr(cfg, name)} must be at least 0")
     need(cfg.fedrep_head_epochs == 0 or cfg.personal_layers == "head",
          "fedrep_head_epochs: FedRep needs personal_layers = \"head\"")
+    need(not (cfg.mi_greedy and cfg.mi_estimator != "gaussian"),
+         "mi_greedy: greedy selection uses Gaussian conditional MI; set mi_estimator = \"gaussian\"")
+    need(cfg.mi_max_rows >= 2, f"mi_max_rows: {cfg.mi_max_rows} must be at least 2")
     need(cfg.prune_start_round >= 1, f"prune_start_round: {cfg.prune_start_round} must be at least 1")
     need(cfg.prune_end_round >= cfg.prune_start_round,
          f"prune_end_round: {cfg.prune_end_round} must be at least prune_start_round ({cfg.prune_start_round})")

@@ -1,7 +1,7 @@
 """The methods a run can compare, and what each asks of clients and server.
 
 ``pruning`` says how a client builds its personal mask (``none``, ``magnitude``,
-``movement``, ``random``); the server aggregates pruned methods per entry over the
+``movement``, ``random``, ``structured``: whole units, squeezed); the server aggregates pruned methods per entry over the
 clients that keep it, and dense methods with Flower's FedAvg mean.
 """
 
@@ -18,6 +18,7 @@ class Method:
     summary: str
     pruning: str = "none"
     scope: str = "layer"
+    selector: str = ""
     finetune: bool = False
     federated: bool = True
     small_dense: bool = False
@@ -43,6 +44,12 @@ METHODS: dict[str, Method] = {
                            "(Sanh et al. 2020)", pruning="movement"),
         Method("random", "a random unstructured mask per client at final_sparsity, fixed",
                pruning="random"),
+        Method("mi", "layer-wise mutual-information pruning of whole units, top-down from the labels, "
+                     "squeezed into a smaller dense model (Fan et al. 2021)", pruning="structured",
+               selector="mi"),
+        Method("l1-structured", "whole units with the largest L1 weight norm, squeezed",
+               pruning="structured", selector="l1"),
+        Method("random-structured", "random whole units, squeezed", pruning="structured", selector="random"),
         Method("small-dense", "a dense model shrunk to the sparse models' kept parameter count, "
                               "trained with FedAvg", small_dense=True),
     )

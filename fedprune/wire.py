@@ -20,6 +20,7 @@ from flwr.app import Array, ArrayRecord, Message
 from fedprune.pruning.masks import Masks, decode_bitmap, encode_bitmap
 
 BITMAP_SUFFIX = "::bitmap"
+UNITS_PREFIX = "units::"
 
 
 def mask_digest(masks: Masks | None) -> int:
@@ -33,8 +34,12 @@ def mask_digest(masks: Masks | None) -> int:
     return crc or 1
 
 
-def pack(state: Mapping[str, torch.Tensor], masks: Masks | None, bitmaps: Masks | None = None) -> ArrayRecord:
+def pack(state: Mapping[str, torch.Tensor], masks: Masks | None, bitmaps: Masks | None = None,
+         units: Masks | None = None) -> ArrayRecord:
     """Encode ``state``: kept values of tensors in ``masks``, dense otherwise, plus ``bitmaps``.
+
+    ``units`` (structured methods) sends unit masks, 1 bit per unit, as ``units::GROUP``
+    instead of entry bitmaps; the receiver expands them through the model's structure.
 
     A tensor whose mask keeps nothing is left out entirely (a personal tensor never
     appears in a message).
@@ -49,12 +54,27 @@ def pack(state: Mapping[str, torch.Tensor], masks: Masks | None, bitmaps: Masks 
             record[name] = Array(values[masks[name]].numpy())
     for name, mask in (bitmaps or {}).items():
         record[name + BITMAP_SUFFIX] = Array(encode_bitmap(mask))
+    for group, mask in (units or {}).items():
+        record[UNITS_PREFIX + group] = Array(encode_bitmap(mask))
     return record
 
 
 def values_only(record: ArrayRecord) -> ArrayRecord:
-    """``record`` without its bitmap entries."""
-    return ArrayRecord({k: v for k, v in record.items() if not k.endswith(BITMAP_SUFFIX)})
+    """``record`` without its bitmap and unit-mask entries."""
+    return ArrayRecord({k: v for k, v in record.items()
+                        if not (k.endswith(BITMAP_SUFFIX) or k.startswith(UNITS_PREFIX))})
+
+
+def units_in(record: ArrayRecord, sizes: Mapping[str, int]) -> Masks:
+    """The unit masks carried in ``record`` (group sizes from ``sizes``)."""
+    units = {}
+    for key in record:
+        if key.startswith(UNITS_PREFIX):
+            group = key[len(UNITS_PREFIX):]
+            if group not in sizes:
+                raise ValueError(f"unit mask for unknown group {group!r}")
+            units[group] = decode_bitmap(record[key].numpy(), (sizes[group],))
+    return units
 
 
 def bitmaps_in(record: ArrayRecord, template: Mapping[str, torch.Tensor]) -> Masks:

@@ -26,12 +26,14 @@ from torch import nn
 from fedprune import partial, wire
 from fedprune.clients.local import accuracy, train_local
 from fedprune.clients.state import ClientMemory
+from fedprune.clients.structured import param_masks, select_personal_units, train_squeezed
 from fedprune.config import ExperimentConfig, config_from_run_config
 from fedprune.methods import METHODS, Method
 from fedprune.pruning import CubicSchedule, apply_masks, full_masks, magnitude_masks, mask_sparsity
 from fedprune.pruning.masks import Masks
 from fedprune.pruning.movement import MovementScores
 from fedprune.pruning.random_masks import random_masks
+from fedprune.pruning.squeeze import squeeze
 from fedprune.task import clients_data, initial_model, new_model
 
 
@@ -87,7 +89,12 @@ def receive(message: Message, cfg: ExperimentConfig, method: Method, memory: Cli
     return model, masks
 
 
-def _schedule(cfg: ExperimentConfig) -> CubicSchedule:
+def _schedule(cfg: ExperimentConfig, method: Method) -> CubicSchedule:
+    """The cubic schedule; structured methods with ``structured_schedule = once`` jump to
+    ``final_sparsity`` at ``prune_start_round`` (after its dense warm-up rounds)."""
+    if method.pruning == "structured" and cfg.structured_schedule == "once":
+        start = cfg.prune_start_round
+        return CubicSchedule(cfg.final_sparsity, cfg.final_sparsity, start, start)
     return CubicSchedule(cfg.initial_sparsity, cfg.final_sparsity,
                          cfg.prune_start_round, cfg.prune_end_round, cfg.prune_frequency)
 
@@ -107,13 +114,19 @@ def _train(model: nn.Module, cfg: ExperimentConfig, data, masks: Masks | None, e
 
 
 def _new_mask(method: Method, cfg: ExperimentConfig, model: nn.Module, masks: Masks | None,
-              scores: MovementScores | None, server_round: int, partition: int) -> Masks | None:
+              scores: MovementScores | None, server_round: int, partition: int,
+              memory: ClientMemory, data) -> Masks | None:
     """The personal mask after this round's pruning step (unchanged when none is due)."""
-    schedule = _schedule(cfg)
+    schedule = _schedule(cfg, method)
     target = schedule.sparsity(server_round)
     # A client with no mask yet and a target of 0 stays dense: no all-true mask on the wire.
     if method.pruning == "none" or not schedule.prunes_at(server_round) or not (masks or target > 0):
         return masks
+    if method.pruning == "structured":
+        units = select_personal_units(model, method.selector, target, memory.units(), data.train_x,
+                                      data.train_y, cfg, _seed(cfg, "select", partition, server_round))
+        memory.save_units(units)
+        return param_masks(model, units)
     current = masks or full_masks(model)
     if method.pruning == "magnitude":
         return magnitude_masks(model, current, target, method.scope)
@@ -143,9 +156,14 @@ def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> M
     scores = None
     if method.pruning == "movement":
         scores = MovementScores(model, list(full_masks(model)), memory.scores())
-    loss = _train(model, cfg, data, masks, cfg.local_epochs, generator,
-                  after_backward=scores.accumulate if scores else None)
-    new_masks = _new_mask(method, cfg, model, masks, scores, server_round, partition)
+    units = memory.units() if method.pruning == "structured" else None
+    if units:
+        loss = train_squeezed(model, units, lambda small: _train(small, cfg, data, None, cfg.local_epochs,
+                                                                 generator))
+    else:
+        loss = _train(model, cfg, data, masks, cfg.local_epochs, generator,
+                      after_backward=scores.accumulate if scores else None)
+    new_masks = _new_mask(method, cfg, model, masks, scores, server_round, partition, memory, data)
     if new_masks is not None:
         apply_masks(model, new_masks)
         memory.save_mask(new_masks)
@@ -159,8 +177,13 @@ def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> M
     digest = wire.mask_digest(new_masks)
     sent = partial.intersect(new_masks, shared_part(cfg, state, partition, server_round))
     # The mask travels only when the server does not hold it yet.
-    bitmaps = new_masks if digest != int(config["mask-digest"]) else None
-    arrays = wire.pack(state, sent, bitmaps) if method.federated else wire.pack({}, None)
+    changed = digest != int(config["mask-digest"])
+    if not method.federated:
+        arrays = wire.pack({}, None)
+    elif method.pruning == "structured":
+        arrays = wire.pack(state, sent, units=memory.units() if changed else None)
+    else:
+        arrays = wire.pack(state, sent, new_masks if changed else None)
     metrics = MetricRecord({
         "num-examples": len(data.train_y),
         "train-loss": loss,
@@ -186,9 +209,12 @@ def handle_evaluate(message: Message, context: Context, cfg: ExperimentConfig) -
     data = clients_data(cfg)[partition]
     memory = ClientMemory(context.state, method.name)
     model, masks = receive(message, cfg, method, memory, partition)
+    units = memory.units() if method.pruning == "structured" else None
+    if units:
+        model = squeeze(model, units)  # the personal model a device would run
     if method.finetune:
         generator = torch.Generator().manual_seed(_seed(cfg, "finetune", partition, config["server-round"]))
-        _train(model, cfg, data, masks, cfg.finetune_epochs, generator)
+        _train(model, cfg, data, None if units else masks, cfg.finetune_epochs, generator)
     metrics = MetricRecord({
         "num-examples": len(data.test_y),
         "accuracy": accuracy(model, data.test_x, data.test_y),

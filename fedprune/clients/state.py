@@ -38,6 +38,14 @@ class ClientMemory:
     def save_mask(self, masks: Tensors) -> None:
         self._put("personal-mask", masks)
 
+    def units(self) -> Tensors | None:
+        """The personal unit masks of a structured method."""
+        units = self._get("personal-units")
+        return None if units is None else {k: v.bool() for k, v in units.items()}
+
+    def save_units(self, units: Tensors) -> None:
+        self._put("personal-units", units)
+
     def model(self) -> Tensors | None:
         """The client's own full-size tensors after its last local training."""
         return self._get("personal-model")

@@ -33,11 +33,12 @@ def apply_masks(model: nn.Module, masks: Masks) -> None:
 
 
 def mask_sparsity(masks: Masks) -> float:
-    """Fraction of pruned entries over all masked parameters (0 for no masks)."""
-    total = sum(mask.numel() for mask in masks.values())
+    """Fraction of pruned entries over the masked weight matrices (>= 2-D; biases not counted)."""
+    weights = [mask for mask in masks.values() if mask.dim() >= 2]
+    total = sum(mask.numel() for mask in weights)
     if total == 0:
         return 0.0
-    kept = sum(int(mask.sum()) for mask in masks.values())
+    kept = sum(int(mask.sum()) for mask in weights)
     return 1.0 - kept / total
 
 

@@ -17,14 +17,20 @@ from fedprune.data import load_dataset
 from fedprune.device import flops_per_example, measure_latency
 from fedprune.pruning import apply_masks
 from fedprune.pruning.masks import Masks
+from fedprune.pruning.squeeze import squeeze
 from fedprune.task import new_model
 
 BATCH = 32
 
 
 def personal_costs(cfg: ExperimentConfig, method: str, global_state: dict[str, torch.Tensor],
-                   client_masks: dict[int, Masks | None], threads: int = 1) -> dict[int, dict]:
-    """Per partition: ``latency_ms`` (median), ``flops`` (per example) of its personal model."""
+                   client_masks: dict[int, Masks | None], client_units: dict[int, Masks | None],
+                   threads: int = 1) -> dict[int, dict]:
+    """Per partition: ``latency_ms`` (median), ``flops`` (per example) of its personal model.
+
+    Unstructured personal models run dense with zeros; structured ones (with unit
+    masks) run squeezed.
+    """
     _, info = load_dataset(cfg.dataset)
     inputs = torch.randn(BATCH, *info.input_shape, generator=torch.Generator().manual_seed(0))
     measured: dict[int, dict] = {}
@@ -36,6 +42,8 @@ def personal_costs(cfg: ExperimentConfig, method: str, global_state: dict[str, t
             model.load_state_dict(global_state)
             if masks:
                 apply_masks(model, masks)
+            if client_units.get(partition):
+                model = squeeze(model, client_units[partition])
             latency = measure_latency(model, inputs, threads=threads, min_run_time=0.2)
             measured[key] = {"latency_ms": latency.median_ms, "flops": flops_per_example(model, inputs, BATCH)}
         results[partition] = measured[key]

@@ -19,7 +19,8 @@ from fedprune.methods import METHODS
 from fedprune.server.costs import mean_costs, personal_costs
 from fedprune.server.records import MethodTally, Recorder
 from fedprune.clients.app import handle_evaluate, handle_train, shared_part
-from fedprune.strategies import DenseFedAvg, LocalOnly, MaskedFedAvg, PersonalizedStrategy
+from fedprune.models.structure import expand_unit_mask, unit_groups
+from fedprune.strategies import DenseFedAvg, LocalOnly, MaskedFedAvg, PersonalizedStrategy, UnitStructure
 from fedprune.task import initial_model, new_model, union_test_set
 
 TIMEOUT_S = 3600.0
@@ -119,8 +120,15 @@ def make_strategy(cfg: ExperimentConfig, method: str, template: dict[str, torch.
                   fraction_evaluate=cfg.fraction_evaluate, shared_part=shared)
     if not METHODS[method].federated:
         return LocalOnly(template, partition_of, method, **common)
+    if METHODS[method].pruning == "structured":
+        model = new_model(cfg, method)
+        groups = unit_groups(model)
+        structure = UnitStructure({g.name: g.size for g in groups},
+                                  lambda units: expand_unit_mask(model, groups, units))
+        return MaskedFedAvg(template, partition_of, method, structure=structure, **common)
     if METHODS[method].aggregation == "dense" and not partial_updates:
         return DenseFedAvg(template, partition_of, method, **common)
+    # One global mask is for unstructured masks (a union of squeezed models is not squeezed).
     consensus = cfg.global_mask if METHODS[method].aggregation == "masked" else "none"
     return MaskedFedAvg(template, partition_of, method, consensus=consensus,
                         vote_threshold=cfg.vote_threshold, **common)
@@ -173,8 +181,9 @@ def run_method(cfg: ExperimentConfig, method: str, grid: CountingGrid, recorder:
                  f"down {tally.bytes_down / MB:.3f} MB")
     row = summary_row(cfg, tally, time.perf_counter() - started, strategy)
     final = {k: torch.from_numpy(v.numpy().copy()) for k, v in arrays.items()}
-    masks = {p: strategy.client_masks.get(p) for p in sorted(grid.partition_of.values())}
-    costs = personal_costs(cfg, method, final, masks)
+    partitions = sorted(grid.partition_of.values())
+    costs = personal_costs(cfg, method, final, {p: strategy.client_masks.get(p) for p in partitions},
+                           {p: strategy.client_units.get(p) for p in partitions})
     for partition, cost in costs.items():
         recorder.write(method=method, round=cfg.rounds, phase="device", client=partition, **cost)
     row.update(mean_costs(costs))

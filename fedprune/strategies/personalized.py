@@ -29,6 +29,14 @@ def everything_shared(partition: int, server_round: int) -> Masks:
 Decoded = tuple[dict[str, torch.Tensor], Masks, float]
 
 
+class UnitStructure:
+    """How a structured client's unit masks map to entry masks (for ``units::`` records)."""
+
+    def __init__(self, sizes: dict[str, int], expand: Callable[[Masks], Masks]) -> None:
+        self.sizes = sizes
+        self.expand = expand
+
+
 class PersonalizedStrategy(FedAvg):
     """FedAvg's round structure with what personalized pruning needs.
 
@@ -43,7 +51,8 @@ class PersonalizedStrategy(FedAvg):
 
     def __init__(self, template: dict[str, torch.Tensor], partition_of: dict[int, int],
                  method: str, seed: int, fraction_train: float = 1.0,
-                 fraction_evaluate: float = 1.0, shared_part: SharedPart = everything_shared) -> None:
+                 fraction_evaluate: float = 1.0, shared_part: SharedPart = everything_shared,
+                 structure: UnitStructure | None = None) -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
                          min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
         self.template = template
@@ -51,7 +60,9 @@ class PersonalizedStrategy(FedAvg):
         self.method = method
         self.rng = random.Random(seed)
         self.shared_part = shared_part
+        self.structure = structure
         self.client_masks: dict[int, Masks] = {}
+        self.client_units: dict[int, Masks] = {}
         self.known: set[int] = set()
         self.rejected: list[tuple[int, str]] = []
         self.global_state: dict[str, torch.Tensor] = {}
@@ -116,7 +127,11 @@ class PersonalizedStrategy(FedAvg):
             raise ValueError(f"num-examples must be positive, got {weight}")
         partition = self.partition_of[message.metadata.src_node_id]
         record = content["arrays"]
-        masks = wire.bitmaps_in(record, self.template) or self.client_masks.get(partition)
+        masks = wire.bitmaps_in(record, self.template)
+        units = wire.units_in(record, self.structure.sizes) if self.structure else {}
+        if units:
+            masks = self.structure.expand(units)
+        masks = masks or self.client_masks.get(partition)
         if wire.mask_digest(masks) != int(content["wire"]["mask-digest"]):
             self.known.discard(partition)  # resynchronise with a dense payload next time
             raise ValueError("reply's values follow a mask the server does not hold")
@@ -124,6 +139,8 @@ class PersonalizedStrategy(FedAvg):
         state = wire.unpack(wire.values_only(record), self.template, sent)
         if masks:
             self.client_masks[partition] = masks
+        if units:
+            self.client_units[partition] = units
         return state, sent, weight
 
     def valid_replies(self, replies: Iterable[Message]) -> list[tuple[int, Decoded, Message]]:
