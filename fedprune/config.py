@@ -68,6 +68,9 @@ class ExperimentConfig:
     finetune_epochs: int = 1
     global_mask: str = "none"
     vote_threshold: float = 0.5
+    # device classes: [[device_profiles]] tables (name, max_flops, max_param_bytes, threads,
+    # fraction or clients)
+    device_profiles: list[dict] = field(default_factory=list)
     # structured pruning (mi, l1-structured, random-structured)
     structured_schedule: str = "gradual"
     mi_estimator: str = "gaussian"
@@ -104,6 +107,10 @@ def _type_name(kind: Any) -> str:
 def _coerce(name: str, value: Any) -> Any:
     """Check ``value`` against the field's type; lists also accept a comma string."""
     kind = _FIELDS[name]
+    if kind == list[dict]:
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"{name}: expected a list of tables ([[{name}]] in TOML), got {value!r}")
+        return [dict(v) for v in value]
     if get_origin(kind) is list:
         item = get_args(kind)[0]
         if isinstance(value, str):
@@ -159,6 +166,12 @@ def _check_ranges(cfg: ExperimentConfig, num_examples: int) -> None:
     need(not (cfg.mi_greedy and cfg.mi_estimator != "gaussian"),
          "mi_greedy: greedy selection uses Gaussian conditional MI; set mi_estimator = \"gaussian\"")
     need(cfg.mi_max_rows >= 2, f"mi_max_rows: {cfg.mi_max_rows} must be at least 2")
+    from fedprune.device.budget import DeviceProfile, assign_profiles
+
+    try:
+        assign_profiles([DeviceProfile.from_mapping(p) for p in cfg.device_profiles], cfg.num_clients)
+    except ValueError as error:
+        raise ConfigError(f"device_profiles: {error}") from None
     need(cfg.prune_start_round >= 1, f"prune_start_round: {cfg.prune_start_round} must be at least 1")
     need(cfg.prune_end_round >= cfg.prune_start_round,
          f"prune_end_round: {cfg.prune_end_round} must be at least prune_start_round ({cfg.prune_start_round})")

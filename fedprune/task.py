@@ -9,6 +9,7 @@ from torch import nn
 
 from fedprune.config import ExperimentConfig
 from fedprune.data import ClientData, client_data, load_dataset, make_partitioner
+from fedprune.device.budget import DeviceProfile, assign_profiles
 from fedprune.methods import METHODS
 from fedprune.models import build_model
 from fedprune.models.small_dense import shrink_widths
@@ -77,6 +78,17 @@ def _all_clients(key: tuple) -> tuple[ClientData, ...]:
 def clients_data(cfg: ExperimentConfig) -> tuple[ClientData, ...]:
     """Every client's local train/test split, indexed by partition id."""
     return _all_clients(_data_key(cfg))
+
+
+def client_profile(cfg: ExperimentConfig, partition: int) -> DeviceProfile | None:
+    """The device profile of client ``partition`` (None: no budget)."""
+    return profiles_of(cfg).get(partition)
+
+
+def profiles_of(cfg: ExperimentConfig) -> dict[int, DeviceProfile | None]:
+    """Client id -> device profile, from ``device_profiles``."""
+    profiles = [DeviceProfile.from_mapping(p) for p in cfg.device_profiles]
+    return assign_profiles(profiles, cfg.num_clients)
 
 
 def union_test_set(cfg: ExperimentConfig) -> tuple[torch.Tensor, torch.Tensor]:

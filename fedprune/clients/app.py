@@ -25,8 +25,10 @@ from torch import nn
 
 from fedprune import partial, wire
 from fedprune.clients.local import accuracy, train_local
+from fedprune.clients import budgets
 from fedprune.clients.state import ClientMemory
-from fedprune.clients.structured import param_masks, select_personal_units, train_squeezed
+from fedprune.clients.structured import UnitMasks, param_masks, select_personal_units, train_squeezed
+from fedprune.device.budget import fit_sparsity
 from fedprune.config import ExperimentConfig, config_from_run_config
 from fedprune.methods import METHODS, Method
 from fedprune.pruning import CubicSchedule, apply_masks, full_masks, magnitude_masks, mask_sparsity
@@ -34,7 +36,7 @@ from fedprune.pruning.masks import Masks
 from fedprune.pruning.movement import MovementScores
 from fedprune.pruning.random_masks import random_masks
 from fedprune.pruning.squeeze import squeeze
-from fedprune.task import clients_data, initial_model, new_model
+from fedprune.task import client_profile, clients_data, initial_model, new_model
 
 
 def _seed(cfg: ExperimentConfig, *parts: object) -> int:
@@ -89,13 +91,13 @@ def receive(message: Message, cfg: ExperimentConfig, method: Method, memory: Cli
     return model, masks
 
 
-def _schedule(cfg: ExperimentConfig, method: Method) -> CubicSchedule:
-    """The cubic schedule; structured methods with ``structured_schedule = once`` jump to
-    ``final_sparsity`` at ``prune_start_round`` (after its dense warm-up rounds)."""
+def _schedule(cfg: ExperimentConfig, method: Method, final: float) -> CubicSchedule:
+    """The cubic schedule towards this client's ``final`` sparsity; structured methods with
+    ``structured_schedule = once`` jump to it at ``prune_start_round`` (after dense warm-up)."""
     if method.pruning == "structured" and cfg.structured_schedule == "once":
         start = cfg.prune_start_round
-        return CubicSchedule(cfg.final_sparsity, cfg.final_sparsity, start, start)
-    return CubicSchedule(cfg.initial_sparsity, cfg.final_sparsity,
+        return CubicSchedule(final, final, start, start)
+    return CubicSchedule(min(cfg.initial_sparsity, final), final,
                          cfg.prune_start_round, cfg.prune_end_round, cfg.prune_frequency)
 
 
@@ -113,31 +115,59 @@ def _train(model: nn.Module, cfg: ExperimentConfig, data, masks: Masks | None, e
     return train_local(model, data.train_x, data.train_y, epochs=epochs, trainable=body, **common)
 
 
-def _new_mask(method: Method, cfg: ExperimentConfig, model: nn.Module, masks: Masks | None,
-              scores: MovementScores | None, server_round: int, partition: int,
-              memory: ClientMemory, data) -> Masks | None:
-    """The personal mask after this round's pruning step (unchanged when none is due)."""
-    schedule = _schedule(cfg, method)
-    target = schedule.sparsity(server_round)
-    # A client with no mask yet and a target of 0 stays dense: no all-true mask on the wire.
-    if method.pruning == "none" or not schedule.prunes_at(server_round) or not (masks or target > 0):
-        return masks
+def _prune_to(method: Method, cfg: ExperimentConfig, model: nn.Module, masks: Masks | None,
+              scores: MovementScores | None, target: float, partition: int, server_round: int,
+              memory: ClientMemory, data) -> tuple[Masks | None, UnitMasks | None]:
+    """Masks (and unit masks, for structured methods) at sparsity ``target``; no side effects."""
     if method.pruning == "structured":
         units = select_personal_units(model, method.selector, target, memory.units(), data.train_x,
                                       data.train_y, cfg, _seed(cfg, "select", partition, server_round))
-        memory.save_units(units)
-        return param_masks(model, units)
+        return param_masks(model, units), units
     current = masks or full_masks(model)
     if method.pruning == "magnitude":
-        return magnitude_masks(model, current, target, method.scope)
+        return magnitude_masks(model, current, target, method.scope), None
     if method.pruning == "movement":
-        return scores.masks(current, target)
+        return scores.masks(current, target), None
     if method.pruning == "random":
         if masks is not None:
-            return masks  # drawn once, then fixed
+            return masks, None  # drawn once, then fixed
         generator = torch.Generator().manual_seed(_seed(cfg, "random-mask", partition))
-        return random_masks(model, cfg.final_sparsity, generator)
+        return random_masks(model, target, generator), None
     raise ValueError(f"unknown pruning {method.pruning!r}")
+
+
+def _new_mask(method: Method, cfg: ExperimentConfig, model: nn.Module, masks: Masks | None,
+              scores: MovementScores | None, server_round: int, partition: int,
+              memory: ClientMemory, data) -> tuple[Masks | None, UnitMasks | None]:
+    """The personal mask after this round's pruning step (unchanged when none is due).
+
+    A client with a device profile aims at the sparsity its budget allows; at its
+    final pruning step the sparsity rises until the personal model fits (structured
+    methods) or its sparse storage fits (unstructured methods, byte budgets).
+    """
+    units = memory.units()
+    if method.pruning == "none":
+        return masks, units
+    profile = client_profile(cfg, partition)
+    inputs = data.train_x[:budgets.BATCH]
+    final = cfg.final_sparsity if profile is None else budgets.first_guess(profile, model, inputs)
+    schedule = _schedule(cfg, method, final)
+    target = schedule.sparsity(server_round)
+    # A client with no mask yet and a target of 0 stays dense: no all-true mask on the wire.
+    if not schedule.prunes_at(server_round) or not (masks or target > 0):
+        return masks, units
+    prune = lambda s: _prune_to(method, cfg, model, masks, scores, s, partition, server_round,  # noqa: E731
+                                memory, data)
+    if profile is None or target < final or not budgets.can_fit(profile, method, model, inputs):
+        return prune(target)
+    chosen: dict[float, tuple] = {}
+
+    def fits(sparsity: float) -> bool:
+        chosen[sparsity] = prune(sparsity)
+        return budgets.personal_fits(profile, model, *chosen[sparsity], inputs)
+
+    sparsity, _ = fit_sparsity(target, fits)
+    return chosen[sparsity]
 
 
 def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> Message:
@@ -163,10 +193,15 @@ def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> M
     else:
         loss = _train(model, cfg, data, masks, cfg.local_epochs, generator,
                       after_backward=scores.accumulate if scores else None)
-    new_masks = _new_mask(method, cfg, model, masks, scores, server_round, partition, memory, data)
+    new_masks, new_units = _new_mask(method, cfg, model, masks, scores, server_round, partition, memory, data)
+    if new_units is not None:
+        memory.save_units(new_units)
     if new_masks is not None:
         apply_masks(model, new_masks)
         memory.save_mask(new_masks)
+    profile = client_profile(cfg, partition)
+    met = -1.0 if profile is None else float(
+        budgets.personal_fits(profile, model, new_masks, new_units, data.train_x[:budgets.BATCH]))
     if scores is not None:
         memory.save_scores(scores.scores)
     state = model.state_dict()
@@ -190,6 +225,7 @@ def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> M
         "compute-seconds": seconds,
         "sparsity": mask_sparsity(new_masks or {}),
         "partition-id": partition,
+        "budget-met": met,
     })
     reply = RecordDict({"arrays": arrays, "metrics": metrics,
                         "wire": ConfigRecord({"mask-digest": digest, "server-round": server_round})})

@@ -26,13 +26,17 @@ BATCH = 32
 def personal_costs(cfg: ExperimentConfig, method: str, global_state: dict[str, torch.Tensor],
                    client_masks: dict[int, Masks | None], client_units: dict[int, Masks | None],
                    threads: int = 1) -> dict[int, dict]:
-    """Per partition: ``latency_ms`` (median), ``flops`` (per example) of its personal model.
+    """Per partition: ``latency_ms`` (median), ``flops`` (per example) of its personal model,
+    ``speedup`` (dense latency / its latency) and ``flop_limit`` (dense FLOPs / its FLOPs).
 
     Unstructured personal models run dense with zeros; structured ones (with unit
-    masks) run squeezed.
+    masks) run squeezed. The dense reference is the method's full model.
     """
     _, info = load_dataset(cfg.dataset)
     inputs = torch.randn(BATCH, *info.input_shape, generator=torch.Generator().manual_seed(0))
+    dense = new_model(cfg, method)
+    dense_ms = measure_latency(dense, inputs, threads=threads, min_run_time=0.2).median_ms
+    dense_flops = flops_per_example(dense, inputs, BATCH)
     measured: dict[int, dict] = {}
     results = {}
     for partition, masks in sorted(client_masks.items()):
@@ -45,7 +49,9 @@ def personal_costs(cfg: ExperimentConfig, method: str, global_state: dict[str, t
             if client_units.get(partition):
                 model = squeeze(model, client_units[partition])
             latency = measure_latency(model, inputs, threads=threads, min_run_time=0.2)
-            measured[key] = {"latency_ms": latency.median_ms, "flops": flops_per_example(model, inputs, BATCH)}
+            flops = flops_per_example(model, inputs, BATCH)
+            measured[key] = {"latency_ms": latency.median_ms, "flops": flops, "dense_latency_ms": dense_ms,
+                             "speedup": dense_ms / latency.median_ms, "flop_limit": dense_flops / flops}
         results[partition] = measured[key]
     return results
 

@@ -165,8 +165,12 @@ def run_method(cfg: ExperimentConfig, method: str, grid: CountingGrid, recorder:
                 metrics = reply.content["metrics"]
                 partition = int(metrics["partition-id"])
                 tally.sparsity[partition] = float(metrics["sparsity"])
+                met = metrics["budget-met"]
+                if met >= 0:
+                    tally.budget_met[partition] = bool(met)
                 recorder.write(method=method, round=server_round, phase="train-metrics", client=partition,
                                train_loss=metrics["train-loss"], sparsity=metrics["sparsity"],
+                               budget_met=None if met < 0 else bool(met),
                                compute_seconds=metrics["compute-seconds"],
                                num_examples=metrics["num-examples"])
         last = server_round == cfg.rounds
@@ -223,4 +227,6 @@ def summary_row(cfg: ExperimentConfig, tally: MethodTally, seconds: float,
         "sparsity": statistics.fmean(tally.sparsity.values()) if tally.sparsity else 0.0,
         "seconds": seconds,
         "rejected_replies": len(strategy.rejected),
+        # every client with a device profile met its budget at its last report (None: no profiles)
+        "budget_met": all(tally.budget_met.values()) if tally.budget_met else None,
     }

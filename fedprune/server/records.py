@@ -20,6 +20,7 @@ class MethodTally:
     bytes_down: int = 0
     personal_accuracy: dict[int, float] = field(default_factory=dict)
     sparsity: dict[int, float] = field(default_factory=dict)
+    budget_met: dict[int, bool] = field(default_factory=dict)
     global_accuracy: float | None = None
 
 

@@ -1,4 +1,8 @@
-"""``fedprune`` command line: ``fedprune run [--config F] [--set k=v ...] [--methods a,b] [--out DIR]``."""
+"""``fedprune`` command line.
+
+``fedprune run [--config F] [--set k=v ...] [--methods a,b] [--out DIR] [--no-report]``
+``fedprune report RUN_DIR [RUN_DIR ...] [--out DIR]``
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", help="comma-separated methods, e.g. fedavg,gmp")
     run.add_argument("--out", help="run folder (default: runs/run-YYYYmmdd-HHMMSS)")
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    run.add_argument("--no-report", action="store_true",
+                     help="do not write the figures and report.md into RUN_DIR/report/")
+    report = commands.add_parser("report", help="figures and a Markdown report of run folders")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s) made by fedprune run")
+    report.add_argument("--out", help="output folder (default: RUN_DIR/report; required for several runs)")
     return parser
 
 
@@ -41,6 +50,37 @@ def _run(args: argparse.Namespace) -> int:
           f"{cfg.rounds} rounds -> {out_dir}", flush=True)
     simulate(cfg, out_dir, verbose=args.verbose)
     print(f"\nrun folder: {out_dir}")
+    if args.no_report:
+        return 0
+    from fedprune.analysis.report import write_report
+
+    try:
+        report = write_report([out_dir], out_dir / "report")
+    except Exception as error:  # the run folder is complete; do not lose it over a plotting failure
+        print(f"fedprune: error: the report failed ({type(error).__name__}: {error}); the run folder is "
+              f"complete, retry with: fedprune report {out_dir}", file=sys.stderr)
+        return 1
+    print(f"report: {report}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fedprune.analysis.report import write_report
+    from fedprune.analysis.runs import RunError
+
+    if args.out is None and len(args.run_dirs) > 1:
+        raise ConfigError("--out: required with several run folders")
+    out_dir = Path(args.out) if args.out is not None else Path(args.run_dirs[0]) / "report"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out: {out_dir} exists and is not a folder")
+    try:
+        report = write_report(args.run_dirs, out_dir)
+    except RunError as error:
+        raise ConfigError(str(error)) from None
+    except OSError as error:
+        print(f"fedprune: error: cannot write the report to {out_dir}: {error}", file=sys.stderr)
+        return 1
+    print(f"report: {report}")
     return 0
 
 
@@ -48,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedprune`` console command; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        return _report(args) if args.command == "report" else _run(args)
     except ConfigError as error:
         print(f"fedprune: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -57,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def console() -> None:
     """Console-script wrapper: exit with ``main``'s code."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console()

@@ -1,0 +1,80 @@
+"""Compare methods over several seeds: runs `fedprune run` once per seed, prints mean (std).
+
+    python benchmarks/compare_methods.py --methods fedavg,gmp,mi --seeds 0,1,2 \
+        --set final_sparsity=0.8 --out runs/compare
+
+Each seed is a separate run (the partition depends on the seed); all methods of one seed
+share it. Accuracy, bytes and FLOPs are deterministic per seed; latency and seconds are
+measurements on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+COLUMNS = (
+    ("pers.acc mean", "personal_accuracy_mean", 1.0, "{:.4f}"),
+    ("pers.acc min", "personal_accuracy_min", 1.0, "{:.4f}"),
+    ("global acc", "global_accuracy", 1.0, "{:.4f}"),
+    ("MB up", "bytes_up", 1e-6, "{:.3f}"),
+    ("MB down", "bytes_down", 1e-6, "{:.3f}"),
+    ("sparsity", "sparsity", 1.0, "{:.3f}"),
+    ("latency ms", "latency_ms_mean", 1.0, "{:.4f}"),
+    ("kFLOPs/ex", "flops_mean", 1e-3, "{:.1f}"),
+)
+
+
+def _cell(values: list[float], scale: float, fmt: str) -> str:
+    values = [v * scale for v in values if v is not None]
+    if not values:
+        return "-"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{fmt.format(statistics.fmean(values))} ({fmt.format(spread)})"
+
+
+def table(rows_by_seed: list[list[dict]]) -> str:
+    """Markdown table: one line per method, mean (std) over seeds."""
+    methods = [row["method"] for row in rows_by_seed[0]]
+    lines = ["| method | " + " | ".join(h for h, *_ in COLUMNS) + " |",
+             "| --- |" + " --- |" * len(COLUMNS)]
+    for method in methods:
+        rows = [next(r for r in seed_rows if r["method"] == method) for seed_rows in rows_by_seed]
+        cells = [_cell([r.get(key) for r in rows], scale, fmt) for _, key, scale, fmt in COLUMNS]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", required=True)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", required=True, help="folder for the per-seed run folders")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    rows_by_seed = []
+    for seed in args.seeds.split(","):
+        run_dir = out / f"seed-{seed}"
+        if not (run_dir / "summary.json").exists():
+            command = [sys.executable, "-m", "fedprune.sim.cli", "run", "--methods", args.methods,
+                       "--out", str(run_dir), "--set", f"seed={seed}"]
+            for override in args.overrides:
+                command += ["--set", override]
+            print(f"running seed {seed} ...", file=sys.stderr, flush=True)
+            result = subprocess.run(command, stdout=subprocess.DEVNULL)
+            if result.returncode != 0:
+                return result.returncode
+        rows_by_seed.append(json.loads((run_dir / "summary.json").read_text())["methods"])
+    settings = ", ".join(args.overrides) or "defaults"
+    print(f"{len(rows_by_seed)} seeds ({args.seeds}); {settings}; mean (std)\n")
+    print(table(rows_by_seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
