@@ -104,7 +104,8 @@ def test_first_dense_download_hand_count(runs) -> None:
 
 def is_timing(key: str) -> bool:
     """Wall-clock measurements differ between runs (seconds, latencies)."""
-    return "seconds" in key or "latency" in key or key.endswith("_ms") or "_ms_" in key
+    return ("seconds" in key or "latency" in key or key.endswith("_ms") or "_ms_" in key
+            or key == "speedup")
 
 
 def test_same_config_same_numbers(runs) -> None:
