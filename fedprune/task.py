@@ -13,7 +13,8 @@ from fedprune.device.budget import DeviceProfile, assign_profiles
 from fedprune.methods import METHODS
 from fedprune.models import build_model
 from fedprune.models.small_dense import shrink_widths
-from fedprune.pruning.masks import prunable_names
+from fedprune.pruning.masks import apply_masks, prunable_names
+from fedprune.pruning.squeeze import squeeze
 
 
 def _build(dataset: str, model: str, widths: list[int]) -> nn.Module:
@@ -78,6 +79,22 @@ def _all_clients(key: tuple) -> tuple[ClientData, ...]:
 def clients_data(cfg: ExperimentConfig) -> tuple[ClientData, ...]:
     """Every client's local train/test split, indexed by partition id."""
     return _all_clients(_data_key(cfg))
+
+
+def personal_model(cfg: ExperimentConfig, method: str, global_state: dict[str, torch.Tensor],
+                   masks: dict[str, torch.Tensor] | None, units: dict[str, torch.Tensor] | None) -> nn.Module:
+    """The model a client would run: the global tensors under its mask, squeezed if structured.
+
+    (Personal tensors that never left the client are not known here; they change
+    values, not cost.)
+    """
+    model = new_model(cfg, method)
+    model.load_state_dict(global_state)
+    if masks:
+        apply_masks(model, masks)
+    if units:
+        model = squeeze(model, units)
+    return model.eval()
 
 
 def client_profile(cfg: ExperimentConfig, partition: int) -> DeviceProfile | None:

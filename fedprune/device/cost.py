@@ -8,6 +8,7 @@ the same as any other value in a dense kernel.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,19 +35,29 @@ def _forward(model: nn.Module, inputs: object) -> Callable[[], object]:
 
 @torch.no_grad()
 def measure_latency(model: nn.Module, inputs: object, threads: int = 1, min_run_time: float = 0.3,
-                    warmup: int = 3) -> Latency:
-    """Inference latency of ``model(inputs)`` (a tensor or a dict of keyword tensors)."""
+                    warmup: int = 3, warmup_s: float = 0.1) -> Latency:
+    """Inference latency of ``model(inputs)`` (a tensor or a dict of keyword tensors).
+
+    Warm-up: at least ``warmup`` calls and ``warmup_s`` seconds, so caches and the
+    allocator settle before timing.
+    """
     model.eval()
     run = _forward(model, inputs)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    # Tiny surviving weights can be denormal floats, which some CPUs process far slower.
+    flushed = torch.set_flush_denormal(True)
     try:
-        for _ in range(warmup):
+        started, calls = time.perf_counter(), 0
+        while calls < warmup or time.perf_counter() - started < warmup_s:
             run()
+            calls += 1
         timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=threads)
         measurement = timer.blocked_autorange(min_run_time=min_run_time)
     finally:
         torch.set_num_threads(previous)
+        if flushed:
+            torch.set_flush_denormal(False)
     return Latency(measurement.median * 1e3, measurement.iqr * 1e3, threads)
 
 

@@ -14,46 +14,49 @@ import torch
 from fedprune import wire
 from fedprune.config import ExperimentConfig
 from fedprune.data import load_dataset
-from fedprune.device import flops_per_example, measure_latency
-from fedprune.pruning import apply_masks
+from fedprune.device import flops_per_example, measure_latency, parameter_bytes, sparse_bytes
 from fedprune.pruning.masks import Masks
-from fedprune.pruning.squeeze import squeeze
-from fedprune.task import new_model
+from fedprune.task import new_model, personal_model
 
 BATCH = 32
 
 
 def personal_costs(cfg: ExperimentConfig, method: str, global_state: dict[str, torch.Tensor],
                    client_masks: dict[int, Masks | None], client_units: dict[int, Masks | None],
-                   threads: int = 1) -> dict[int, dict]:
-    """Per partition: ``latency_ms`` (median), ``flops`` (per example) of its personal model,
+                   threads: dict[int, int] | None = None) -> dict[int, dict]:
+    """Per client: ``latency_ms`` (median), ``flops`` (per example) of its personal model,
     ``speedup`` (dense latency / its latency) and ``flop_limit`` (dense FLOPs / its FLOPs).
 
-    Unstructured personal models run dense with zeros; structured ones (with unit
-    masks) run squeezed. The dense reference is the method's full model.
+    Unstructured personal models run dense with zeros; structured ones run squeezed
+    (``task.personal_model``). ``threads``: per client (default 1). The dense
+    reference is the method's full model, timed at the same thread count.
     """
     _, info = load_dataset(cfg.dataset)
     inputs = torch.randn(BATCH, *info.input_shape, generator=torch.Generator().manual_seed(0))
     dense = new_model(cfg, method)
-    dense_ms = measure_latency(dense, inputs, threads=threads, min_run_time=0.2).median_ms
     dense_flops = flops_per_example(dense, inputs, BATCH)
-    measured: dict[int, dict] = {}
+    dense_ms: dict[int, float] = {}
+    measured: dict[tuple, dict] = {}
     results = {}
     for partition, masks in sorted(client_masks.items()):
-        key = wire.mask_digest(masks)
+        count = (threads or {}).get(partition, 1)
+        if count not in dense_ms:
+            dense_ms[count] = measure_latency(dense, inputs, threads=count, min_run_time=0.2).median_ms
+        key = (wire.mask_digest(masks), count)
         if key not in measured:
-            model = new_model(cfg, method)
-            model.load_state_dict(global_state)
-            if masks:
-                apply_masks(model, masks)
-            if client_units.get(partition):
-                model = squeeze(model, client_units[partition])
-            latency = measure_latency(model, inputs, threads=threads, min_run_time=0.2)
+            model = personal_model(cfg, method, global_state, masks, client_units.get(partition))
+            latency = measure_latency(model, inputs, threads=count, min_run_time=0.2).median_ms
             flops = flops_per_example(model, inputs, BATCH)
-            measured[key] = {"latency_ms": latency.median_ms, "flops": flops, "dense_latency_ms": dense_ms,
-                             "speedup": dense_ms / latency.median_ms, "flop_limit": dense_flops / flops}
+            measured[key] = {"latency_ms": latency, "flops": flops, "dense_latency_ms": dense_ms[count],
+                             "speedup": dense_ms[count] / latency, "flop_limit": dense_flops / flops,
+                             "threads": count, "stored_bytes": stored_bytes(model, masks, client_units.get(partition))}
         results[partition] = measured[key]
     return results
+
+
+def stored_bytes(model: torch.nn.Module, masks: Masks | None, units: Masks | None) -> int:
+    """Bytes to store the personal model: dense if squeezed or unmasked, else values + bitmaps."""
+    return sparse_bytes(model, masks) if masks and not units else parameter_bytes(model)
 
 
 def mean_costs(costs: dict[int, dict]) -> dict[str, float | None]:

@@ -6,6 +6,7 @@ import functools
 import math
 import statistics
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterable
 
 import torch
@@ -186,12 +187,21 @@ def run_method(cfg: ExperimentConfig, method: str, grid: CountingGrid, recorder:
     row = summary_row(cfg, tally, time.perf_counter() - started, strategy)
     final = {k: torch.from_numpy(v.numpy().copy()) for k, v in arrays.items()}
     partitions = sorted(grid.partition_of.values())
+    save_personal_models(recorder.out_dir / "models" / f"{method}.pt", final, strategy)
     costs = personal_costs(cfg, method, final, {p: strategy.client_masks.get(p) for p in partitions},
                            {p: strategy.client_units.get(p) for p in partitions})
     for partition, cost in costs.items():
         recorder.write(method=method, round=cfg.rounds, phase="device", client=partition, **cost)
     row.update(mean_costs(costs))
     return row
+
+
+def save_personal_models(path: Path, global_state: dict[str, torch.Tensor],
+                         strategy: PersonalizedStrategy) -> None:
+    """What the server knows of every personal model: the global tensors and each client's
+    mask (and unit masks); ``fedprune device`` rebuilds the personal models from it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global": global_state, "masks": strategy.client_masks, "units": strategy.client_units}, path)
 
 
 def evaluate_personal(strategy: PersonalizedStrategy, grid: CountingGrid, tally: MethodTally,

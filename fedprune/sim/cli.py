@@ -2,6 +2,7 @@
 
 ``fedprune run [--config F] [--set k=v ...] [--methods a,b] [--out DIR] [--no-report]``
 ``fedprune report RUN_DIR [RUN_DIR ...] [--out DIR]``
+``fedprune device RUN_DIR``
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-
-from fedprune.config import ConfigError, load_config
 
 EXIT_BAD_INPUT = 2
 
@@ -28,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     run.add_argument("--no-report", action="store_true",
                      help="do not write the figures and report.md into RUN_DIR/report/")
+    device = commands.add_parser("device", help="measure every client's personal model of a run")
+    device.add_argument("run_dir", metavar="RUN_DIR", help="run folder made by fedprune run")
     report = commands.add_parser("report", help="figures and a Markdown report of run folders")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s) made by fedprune run")
     report.add_argument("--out", help="output folder (default: RUN_DIR/report; required for several runs)")
@@ -35,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from fedprune.config import ConfigError, load_config
+
     overrides = list(args.overrides)
     if args.methods is not None:
         overrides.append(f"methods={args.methods!r}".replace("'", '"'))
@@ -45,6 +48,10 @@ def _run(args: argparse.Namespace) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out: {out_dir} exists and is not a folder")
     from fedprune.sim.runner import simulate
+
+    if cfg.prune_end_round > cfg.rounds and any(m != "fedavg" for m in cfg.methods):
+        print(f"fedprune: warning: prune_end_round ({cfg.prune_end_round}) is after the last round "
+              f"({cfg.rounds}); gradual methods stop short of final_sparsity", file=sys.stderr)
 
     print(f"fedprune: {', '.join(cfg.methods)} on {cfg.dataset}, {cfg.num_clients} clients, "
           f"{cfg.rounds} rounds -> {out_dir}", flush=True)
@@ -65,30 +72,45 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    """``fedprune report``: does not import the simulator (fedprune.config pulls in flwr_datasets)."""
     from fedprune.analysis.report import write_report
     from fedprune.analysis.runs import RunError
 
     if args.out is None and len(args.run_dirs) > 1:
-        raise ConfigError("--out: required with several run folders")
+        return _fail("--out: required with several run folders", EXIT_BAD_INPUT)
     out_dir = Path(args.out) if args.out is not None else Path(args.run_dirs[0]) / "report"
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out: {out_dir} exists and is not a folder")
+        return _fail(f"--out: {out_dir} exists and is not a folder", EXIT_BAD_INPUT)
     try:
         report = write_report(args.run_dirs, out_dir)
     except RunError as error:
-        raise ConfigError(str(error)) from None
+        return _fail(str(error), EXIT_BAD_INPUT)
     except OSError as error:
-        print(f"fedprune: error: cannot write the report to {out_dir}: {error}", file=sys.stderr)
-        return 1
+        return _fail(f"cannot write the report to {out_dir}: {error}", 1)
     print(f"report: {report}")
     return 0
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"fedprune: error: {message}", file=sys.stderr)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedprune`` console command; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command == "report":
+        return _report(args)
+    from fedprune.config import ConfigError
+
     try:
-        return _report(args) if args.command == "report" else _run(args)
+        if args.command == "device":
+            from fedprune.sim.device_cmd import run_device
+
+            print(run_device(Path(args.run_dir)))
+            print(f"\nwritten: {Path(args.run_dir) / 'device.md'}, {Path(args.run_dir) / 'device.json'}")
+            return 0
+        return _run(args)
     except ConfigError as error:
         print(f"fedprune: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

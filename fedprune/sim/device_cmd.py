@@ -1,0 +1,65 @@
+"""``fedprune device RUN_DIR``: measure every client's personal model of a finished run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from fedprune.config import ConfigError, make_config
+from fedprune.device.budget import within_budget
+from fedprune.pruning.masks import mask_sparsity
+from fedprune.server.costs import personal_costs
+from fedprune.task import profiles_of
+
+COLUMNS = ("method", "client", "profile", "threads", "sparsity", "kFLOPs/ex", "latency ms",
+           "speedup", "FLOP limit", "stored KB", "budget met")
+
+
+def device_rows(run_dir: Path) -> list[dict]:
+    """One row per method and client: cost of its personal model, timed at its profile's threads."""
+    for name in ("config.json", "models"):
+        if not (run_dir / name).exists():
+            raise ConfigError(f"RUN_DIR: {run_dir} has no {name}; give a folder written by `fedprune run`")
+    cfg = make_config(json.loads((run_dir / "config.json").read_text()))
+    profiles = profiles_of(cfg)
+    threads = {c: (p.threads if p else 1) for c, p in profiles.items()}
+    rows = []
+    for method in cfg.methods:
+        saved = torch.load(run_dir / "models" / f"{method}.pt")
+        masks = {c: saved["masks"].get(c) for c in range(cfg.num_clients)}
+        costs = personal_costs(cfg, method, saved["global"], masks, saved["units"], threads)
+        for client, cost in costs.items():
+            profile = profiles[client]
+            rows.append({
+                "method": method, "client": client, "profile": profile.name if profile else None,
+                "sparsity": mask_sparsity(masks[client] or {}),
+                "budget_met": None if profile is None else within_budget(profile, cost["flops"], cost["stored_bytes"]),
+                **cost,
+            })
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    """Markdown table of ``device_rows``."""
+    def cells(row: dict) -> list[str]:
+        met = {None: "-", True: "yes", False: "no"}[row["budget_met"]]
+        return [row["method"], str(row["client"]), row["profile"] or "-", str(row["threads"]),
+                f"{row['sparsity']:.3f}", f"{row['flops'] / 1e3:.1f}", f"{row['latency_ms']:.4f}",
+                f"{row['speedup']:.2f}", f"{row['flop_limit']:.2f}", f"{row['stored_bytes'] / 1e3:.1f}", met]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def run_device(run_dir: Path) -> str:
+    """Measure, write ``device.json`` and ``device.md`` into ``run_dir``, return the table."""
+    rows = device_rows(run_dir)
+    text = format_rows(rows)
+    (run_dir / "device.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (run_dir / "device.md").write_text(
+        "# Personal models on the device\n\nBatch 32; latency is the median of "
+        "torch.utils.benchmark at the profile's thread count (1 without a profile); speedup is "
+        "dense latency / personal latency; FLOP limit is dense FLOPs / personal FLOPs.\n\n" + text + "\n")
+    return text
