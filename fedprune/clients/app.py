@@ -72,6 +72,7 @@ def receive(message: Message, cfg: ExperimentConfig, method: Method, memory: Cli
     record = message.content["arrays"]
     if encoding == "dense":
         state = wire.unpack(wire.values_only(record), template, None)
+        sent = shared_part(cfg, template, partition, int(config["server-round"]))
     elif encoding == "masked":
         adopted = wire.bitmaps_in(record, template)
         if adopted:  # the server asks this client to adopt a global mask
@@ -81,10 +82,10 @@ def receive(message: Message, cfg: ExperimentConfig, method: Method, memory: Cli
             raise ValueError("server sent values under a mask this client does not hold")
         sent = partial.intersect(masks, shared_part(cfg, template, partition, int(config["server-round"])))
         state = wire.unpack(wire.values_only(record), template, sent)
-        if own is not None:
-            state = {k: torch.where(sent[k], v, own[k]) if k in sent else v for k, v in state.items()}
     else:
         raise ValueError(f"unknown encoding {encoding!r}")
+    if own is not None:  # personal entries come from the client itself, never from the server
+        state = {k: torch.where(sent[k], v, own[k]) if k in sent else v for k, v in state.items()}
     model.load_state_dict(state)
     if masks:
         apply_masks(model, masks)

@@ -1,0 +1,184 @@
+"""Every registered method runs train + evaluate through the handlers; local sends nothing;
+fedavg-ft fine-tunes before evaluating."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+
+from fedprune import wire
+from fedprune.clients import app as client_app
+from fedprune.config import make_config
+from fedprune.methods import METHODS
+from fedprune.server.loop import CountingGrid, LocalGrid, make_strategy, run_method
+from fedprune.server.records import MethodTally, Recorder
+from fedprune.strategies import DenseFedAvg, LocalOnly, MaskedFedAvg
+from fedprune.task import clients_data, initial_model
+
+NODES = {31: 0, 32: 1}
+ACCURACY = client_app.accuracy
+CFG = dict(num_clients=2, rounds=2, mlp_widths=[16], partitioner="iid", local_epochs=1,
+           prune_start_round=1, prune_end_round=2, final_sparsity=0.5, finetune_epochs=1)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return make_config(CFG)
+
+
+def expected_strategy(method: str) -> type:
+    spec = METHODS[method]
+    if not spec.federated:
+        return LocalOnly
+    return MaskedFedAvg if spec.aggregation == "masked" else DenseFedAvg
+
+
+def test_registry_is_what_the_comparison_needs() -> None:
+    assert set(METHODS) == {"fedavg", "fedavg-ft", "local", "gmp", "gmp-global", "movement", "random", "mi",
+                            "l1-structured", "random-structured", "small-dense"}
+    for name, method in METHODS.items():
+        assert method.name == name and method.summary
+        assert method.aggregation == ("dense" if method.pruning == "none" else "masked")
+    assert [m for m in METHODS if METHODS[m].finetune] == ["fedavg-ft"]
+    assert [m for m in METHODS if not METHODS[m].federated] == ["local"]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_trains_and_evaluates(task_identity, cfg, method: str) -> None:
+    template = {k: v.detach().clone() for k, v in initial_model(cfg, method).state_dict().items()}
+    strategy = make_strategy(cfg, method, template, dict(NODES))
+    assert type(strategy) is expected_strategy(method)
+    grid = LocalGrid(cfg, dict(NODES))
+    arrays = ArrayRecord({k: Array(v.numpy()) for k, v in template.items()})
+    for server_round in (1, 2):
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        assert sorted(m.metadata.dst_node_id for m in messages) == sorted(NODES)
+        assert all(m.content["config"]["method"] == method for m in messages)
+        replies = grid.send_and_receive(messages, timeout=60)
+        assert not any(r.has_error() for r in replies)
+        new_arrays, metrics = strategy.aggregate_train(server_round, replies)
+        assert strategy.rejected == []
+        assert new_arrays is not None and np.isfinite(metrics["train-loss"])
+        state = {k: np.asarray(v.numpy()) for k, v in new_arrays.items()}
+        assert set(state) == set(template)
+        if METHODS[method].federated:  # the global model moved
+            assert any(not np.array_equal(state[k], template[k].numpy()) for k in template)
+        else:  # local: the server's model never changes
+            assert all(np.array_equal(state[k], template[k].numpy()) for k in template)
+        arrays = new_arrays
+
+        evaluations = list(strategy.configure_evaluate(server_round, arrays,
+                                                       ConfigRecord({"all-clients": True}), grid))
+        answers = grid.send_and_receive(evaluations, timeout=60)
+        assert len(answers) == 2 and not any(a.has_error() for a in answers)
+        for answer in answers:
+            m = answer.content["metrics"]
+            partition = int(m["partition-id"])
+            assert m["num-examples"] == len(clients_data(cfg)[partition].test_y)
+            assert 0.0 <= m["accuracy"] <= 1.0
+            sparsity = m["sparsity"]
+            # after round 2 (the end of the schedule) pruned methods are at 0.5, dense ones at 0
+            if server_round == 2 and METHODS[method].pruning != "none":
+                assert abs(sparsity - 0.5) <= 0.05, (method, sparsity)
+            elif METHODS[method].pruning == "none":
+                assert sparsity == 0.0
+    # after two rounds everyone is above chance (0.1) on average
+    assert np.mean([float(a.content["metrics"]["accuracy"]) for a in answers]) > 0.15
+
+
+# ---- local: nothing crosses the network -------------------------------------------------
+class NetworkGrid(LocalGrid):
+    """The in-process grid pretending to be a network: its messages are counted."""
+
+    crosses_network = True
+
+
+def read_records(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_local_records_zero_bytes(task_identity, cfg, tmp_path) -> None:
+    recorder = Recorder(tmp_path)
+    outer = CountingGrid(grid=object(), recorder=recorder, partition_of=dict(NODES))
+    row = run_method(cfg, "local", outer, recorder, progress=lambda _: None)
+    recorder.close()
+    records = read_records(tmp_path / "rounds.jsonl")
+    exchanged = [r for r in records if "bytes_down" in r]
+    # one train and one evaluate record per client and round
+    assert sorted((r["round"], r["phase"], r["client"]) for r in exchanged) == sorted(
+        (rnd, phase, c) for rnd in (1, 2) for phase in ("train", "evaluate") for c in (0, 1))
+    assert all(r["method"] == "local" for r in exchanged)
+    assert all(r["bytes_down"] == 0 and r["bytes_up"] == 0 for r in exchanged)
+    assert row["bytes_up"] == 0 and row["bytes_down"] == 0
+    assert row["global_accuracy"] is None
+    assert row["personal_accuracy_mean"] > 0.15  # the clients did train (alone)
+
+
+def test_local_messages_would_cost_bytes_on_a_network(task_identity, cfg, tmp_path) -> None:
+    """The zero above comes from in-process delivery: the same exchange, counted, is not free."""
+    template = {k: v.detach().clone() for k, v in initial_model(cfg, "local").state_dict().items()}
+    strategy = make_strategy(cfg, "local", template, dict(NODES))
+    arrays = ArrayRecord({k: Array(v.numpy()) for k, v in template.items()})
+    recorder = Recorder(tmp_path)
+    tally = MethodTally("local")
+    counting = CountingGrid(NetworkGrid(cfg, dict(NODES)), recorder, dict(NODES))
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), None))
+    assert all(len(m.content["arrays"]) == 0 for m in messages)  # no model in a local message
+    replies = counting.exchange(messages, tally, "train", 1)
+    recorder.close()
+    assert len(replies) == 2
+    assert tally.bytes_down > 0 and tally.bytes_up > 0
+    assert tally.bytes_up == sum(wire.message_bytes(r) for r in replies)
+    assert all(len(r.content["arrays"]) == 0 for r in replies)  # ... and none in the reply
+
+
+# ---- fedavg-ft fine-tunes before evaluating ---------------------------------------------
+def evaluate_capturing(method: str, cfg, state, monkeypatch) -> tuple[float, dict[str, torch.Tensor]]:
+    captured = {}
+
+    def spy(model, x, y, *args, **kwargs):
+        captured.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return ACCURACY(model, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(client_app, "accuracy", spy)
+    config = ConfigRecord({"encoding": "dense", "mask-digest": 0, "method": method, "server-round": 3})
+    message = Message(RecordDict({"arrays": wire.pack(state, None), "config": config}),
+                      dst_node_id=1, message_type=MessageType.EVALUATE)
+    context = Context(run_id=0, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
+                      state=RecordDict(), run_config={})
+    answer = client_app.handle_evaluate(message, context, cfg)
+    return float(answer.content["metrics"]["accuracy"]), captured
+
+
+def by_hand_accuracy(cfg, state) -> float:
+    model = initial_model(cfg)
+    model.load_state_dict(state)
+    data = clients_data(cfg)[0]
+    with torch.no_grad():
+        return int((model(data.test_x).argmax(1) == data.test_y).sum()) / len(data.test_y)
+
+
+def test_fedavg_ft_fine_tunes_the_received_model(task_identity, cfg, monkeypatch) -> None:
+    received = {k: v.detach().clone() for k, v in initial_model(cfg).state_dict().items()}
+    plain, plain_model = evaluate_capturing("fedavg", cfg, received, monkeypatch)
+    tuned, tuned_model = evaluate_capturing("fedavg-ft", cfg, received, monkeypatch)
+    # fedavg evaluates exactly what it received
+    assert all(torch.equal(plain_model[k], received[k]) for k in received)
+    assert plain == pytest.approx(by_hand_accuracy(cfg, received))
+    # fedavg-ft evaluates a different model: every tensor was trained locally
+    assert all(not torch.equal(tuned_model[k], received[k]) for k in received)
+    assert tuned == pytest.approx(by_hand_accuracy(cfg, tuned_model))
+    # one epoch on local data lifts an untrained model well above its starting accuracy
+    assert tuned > plain + 0.2, (plain, tuned)
+
+
+def test_fedavg_ft_without_finetune_epochs_is_fedavg(task_identity, monkeypatch) -> None:
+    cfg = make_config({**CFG, "finetune_epochs": 0})
+    received = {k: v.detach().clone() for k, v in initial_model(cfg).state_dict().items()}
+    tuned, tuned_model = evaluate_capturing("fedavg-ft", cfg, received, monkeypatch)
+    assert all(torch.equal(tuned_model[k], received[k]) for k in received)
+    assert tuned == pytest.approx(by_hand_accuracy(cfg, received))

@@ -1,0 +1,297 @@
+"""Structured methods (mi, l1-structured, random-structured) through the handlers, no Ray.
+
+The MLP is 64 -> 32 -> 16 -> 10. With k0 of the 32 and k1 of the 16 hidden units kept,
+the kept entries are, by hand:
+
+    body.0.weight k0 * 64, body.0.bias k0, body.2.weight k1 * k0, body.2.bias k1,
+    head.weight 10 * k1, head.bias 10 (the head's own rows are not prunable)
+
+and the parameter sparsity is 1 - (64 k0 + k0 k1 + 10 k1) / (2048 + 512 + 160).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord
+
+from fedprune import wire
+from fedprune.clients import app as client_app
+from fedprune.clients.state import ClientMemory
+from fedprune.config import make_config
+from fedprune.models.structure import expand_unit_mask, unit_groups
+from fedprune.pruning.structured import unit_sparsity
+from fedprune.server.loop import LocalGrid, make_strategy
+from fedprune.strategies import MaskedFedAvg
+from fedprune.task import clients_data, initial_model, new_model
+
+NODES = {21: 0, 22: 1}
+CFG = dict(num_clients=2, mlp_widths=[32, 16], partitioner="iid", local_epochs=1, structured_schedule="once",
+           prune_start_round=1, prune_end_round=1, final_sparsity=0.5)
+WEIGHTS_TOTAL = 64 * 32 + 32 * 16 + 16 * 10
+
+
+def kept_by_hand(units: dict[str, torch.Tensor]) -> dict[str, int]:
+    k0, k1 = int(units["body.0"].sum()), int(units["body.2"].sum())
+    return {"body.0.weight": k0 * 64, "body.0.bias": k0, "body.2.weight": k1 * k0, "body.2.bias": k1,
+            "head.weight": 10 * k1, "head.bias": 10}
+
+
+def sparsity_by_hand(units: dict[str, torch.Tensor]) -> float:
+    k0, k1 = int(units["body.0"].sum()), int(units["body.2"].sum())
+    return 1.0 - (64 * k0 + k0 * k1 + 10 * k1) / WEIGHTS_TOTAL
+
+
+def masks_by_hand(units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    u0, u1 = units["body.0"], units["body.2"]
+    return {"body.0.weight": u0[:, None].expand(32, 64), "body.0.bias": u0,
+            "body.2.weight": u1[:, None] & u0[None, :], "body.2.bias": u1,
+            "head.weight": u1[None, :].expand(10, 16)}
+
+
+def as_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.asarray(v.numpy()).copy()) for k, v in record.items()}
+
+
+def value_counts(record: ArrayRecord) -> dict[str, int]:
+    return {k: int(v.numpy().size) for k, v in wire.values_only(record).items()}
+
+
+class Federation:
+    """One method's strategy and two in-process clients (``LocalGrid``)."""
+
+    def __init__(self, cfg, method: str) -> None:
+        self.cfg = cfg
+        self.method = method
+        self.template = {k: v.detach().clone() for k, v in initial_model(cfg, method).state_dict().items()}
+        self.strategy = make_strategy(cfg, method, self.template, dict(NODES))
+        self.grid = LocalGrid(cfg, dict(NODES))
+        self.arrays = ArrayRecord({k: Array(v.numpy()) for k, v in self.template.items()})
+
+    def memory(self, node: int) -> ClientMemory:
+        return ClientMemory(self.grid.contexts[node].state, self.method)
+
+    def train(self, server_round: int):
+        messages = list(self.strategy.configure_train(server_round, self.arrays, ConfigRecord(), self.grid))
+        replies = self.grid.send_and_receive(messages, timeout=60)
+        assert not any(r.has_error() for r in replies)
+        arrays, _ = self.strategy.aggregate_train(server_round, replies)
+        assert self.strategy.rejected == []
+        self.arrays = arrays
+        return messages, replies
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return make_config(CFG)
+
+
+@pytest.fixture(scope="module")
+def mi_rounds(cfg):
+    """Two mi rounds; shared by the tests below (handlers are deterministic)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = 0, 1, 0
+    try:
+        fed = Federation(cfg, "mi")
+        first = fed.train(1)
+        units_after_1 = {n: fed.memory(n).units() for n in NODES}
+        arrays_after_1 = fed.arrays
+        trained_sizes: list[int] = []
+        original = client_app._train
+
+        def spy(model, *args, **kwargs):
+            trained_sizes.append(sum(p.numel() for p in model.parameters()))
+            return original(model, *args, **kwargs)
+
+        client_app._train = spy
+        try:
+            second = fed.train(2)
+        finally:
+            client_app._train = original
+        yield dict(fed=fed, first=first, second=second, units=units_after_1, arrays1=arrays_after_1,
+                   trained_sizes=trained_sizes)
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def test_mi_first_reply_carries_units_and_only_kept_values(mi_rounds) -> None:
+    fed = mi_rounds["fed"]
+    assert isinstance(fed.strategy, MaskedFedAvg)
+    messages, replies = mi_rounds["first"]
+    assert all(m.content["config"]["encoding"] == "dense" for m in messages)
+    for reply in replies:
+        partition = int(reply.content["metrics"]["partition-id"])
+        node = {p: n for n, p in NODES.items()}[partition]
+        arrays = reply.content["arrays"]
+        keys = list(arrays)
+        assert sorted(k for k in keys if k.startswith(wire.UNITS_PREFIX)) == ["units::body.0", "units::body.2"]
+        assert not any(k.endswith(wire.BITMAP_SUFFIX) for k in keys)
+        # unit masks travel 1 bit per unit: 32 units -> 4 bytes, 16 -> 2
+        assert arrays["units::body.0"].numpy().size == 4 and arrays["units::body.2"].numpy().size == 2
+
+        units = fed.memory(node).units()
+        assert units is not None and set(units) == {"body.0", "body.2"}
+        assert units["body.0"].shape == (32,) and units["body.2"].shape == (16,)
+        assert 0 < int(units["body.0"].sum()) < 32 and 0 < int(units["body.2"].sum()) < 16
+        assert value_counts(arrays) == kept_by_hand(units)
+        # the wire's unit masks decode to the client's units
+        decoded = wire.units_in(arrays, {"body.0": 32, "body.2": 16})
+        assert all(torch.equal(decoded[g], units[g]) for g in units)
+        # the client's entry mask is the hand expansion of its units
+        stored = fed.memory(node).mask()
+        hand = masks_by_hand(units)
+        assert set(stored) == set(hand)
+        assert all(torch.equal(stored[k], hand[k]) for k in hand)
+        assert reply.content["metrics"]["sparsity"] == pytest.approx(sparsity_by_hand(units))
+        assert abs(sparsity_by_hand(units) - 0.5) < 0.05
+        assert reply.content["wire"]["mask-digest"] == wire.mask_digest(hand)
+
+
+def test_mi_server_decodes_units(mi_rounds) -> None:
+    fed = mi_rounds["fed"]
+    for node, partition in NODES.items():
+        units = mi_rounds["units"][node]
+        server_units = fed.strategy.client_units[partition]
+        assert set(server_units) == set(units)
+        assert all(torch.equal(server_units[g], units[g]) for g in units)
+        hand = masks_by_hand(units)
+        assert all(torch.equal(fed.strategy.client_masks[partition][k], hand[k]) for k in hand)
+
+
+def test_mi_second_round_downlink_is_kept_slices_and_client_trains_squeezed(mi_rounds) -> None:
+    fed = mi_rounds["fed"]
+    messages, replies = mi_rounds["second"]
+    global1 = as_tensors(mi_rounds["arrays1"])
+    for message in messages:
+        node = message.metadata.dst_node_id
+        units = mi_rounds["units"][node]
+        content = message.content
+        assert content["config"]["encoding"] == "masked"
+        assert content["config"]["mask-digest"] == wire.mask_digest(masks_by_hand(units))
+        assert not any(k.startswith(wire.UNITS_PREFIX) or k.endswith(wire.BITMAP_SUFFIX)
+                       for k in content["arrays"])
+        assert value_counts(content["arrays"]) == kept_by_hand(units)
+        # the values are the global model's at the client's kept entries
+        for name, mask in masks_by_hand(units).items():
+            assert torch.equal(as_tensors(content["arrays"])[name], global1[name][mask])
+        dense = wire.pack(global1, None).count_bytes()
+        assert content["arrays"].count_bytes() < 0.6 * dense
+    # the squeezed models were trained: parameter count = the kept entries
+    expected_sizes = sorted(sum(kept_by_hand(mi_rounds["units"][n]).values()) for n in NODES)
+    assert sorted(mi_rounds["trained_sizes"]) == expected_sizes
+    assert max(expected_sizes) < sum(t.numel() for t in fed.template.values())
+    sent = {m.metadata.dst_node_id: as_tensors(m.content["arrays"]) for m in messages}
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        arrays = reply.content["arrays"]
+        assert not any(k.startswith(wire.UNITS_PREFIX) or k.endswith(wire.BITMAP_SUFFIX) for k in arrays)
+        assert value_counts(arrays) == kept_by_hand(mi_rounds["units"][node])
+        values = as_tensors(arrays)
+        assert not torch.equal(values["body.0.weight"], sent[node]["body.0.weight"])  # it trained
+        assert reply.content["wire"]["mask-digest"] == wire.mask_digest(masks_by_hand(mi_rounds["units"][node]))
+        # units unchanged (schedule "once")
+        assert all(torch.equal(fed.memory(node).units()[g], mi_rounds["units"][node][g])
+                   for g in ("body.0", "body.2"))
+
+
+def test_mi_evaluate_equals_masked_full_model(mi_rounds, cfg, task_identity) -> None:
+    fed = mi_rounds["fed"]
+    messages = list(fed.strategy.configure_evaluate(2, fed.arrays, ConfigRecord({"all-clients": True}), fed.grid))
+    assert len(messages) == 2
+    answers = fed.grid.send_and_receive(messages, timeout=60)
+    global2 = as_tensors(fed.arrays)
+    for answer in answers:
+        metrics = answer.content["metrics"]
+        partition = int(metrics["partition-id"])
+        node = {p: n for n, p in NODES.items()}[partition]
+        model = new_model(cfg, "mi")
+        masks = expand_unit_mask(model, unit_groups(model), fed.memory(node).units())
+        state = {k: v.clone() for k, v in global2.items()}
+        for name, mask in masks.items():
+            state[name][~mask] = 0.0  # another client's values live there on the server
+        model.load_state_dict(state)
+        data = clients_data(cfg)[partition]
+        with torch.no_grad():
+            hits = int((model(data.test_x).argmax(1) == data.test_y).sum())
+        assert metrics["accuracy"] == pytest.approx(hits / len(data.test_y), abs=1e-12)
+        assert metrics["accuracy"] > 0.2  # above chance (0.1) after two short rounds
+        assert metrics["sparsity"] == pytest.approx(sparsity_by_hand(fed.memory(node).units()))
+    # the clients' unit sets differ, so the server holds non-zero values at entries a client
+    # pruned: evaluating the unmasked global model would not be the personal model
+    u = [fed.memory(n).units() for n in NODES]
+    assert not all(torch.equal(u[0][g], u[1][g]) for g in u[0])
+    pruned_values = [global2["body.0.weight"][~masks_by_hand(units)["body.0.weight"]] for units in u]
+    assert any(bool((values != 0).any()) for values in pruned_values)
+
+
+@pytest.mark.parametrize("method", ["l1-structured", "random-structured"])
+def test_baseline_unit_masks_meet_target_sparsity(task_identity, cfg, method: str) -> None:
+    fed = Federation(cfg, method)
+    _, replies = fed.train(1)
+    model = new_model(cfg, method)
+    groups = unit_groups(model)
+    for node in NODES:
+        units = fed.memory(node).units()
+        sparsity = unit_sparsity(model, groups, units)
+        assert sparsity == pytest.approx(sparsity_by_hand(units))
+        assert abs(sparsity - 0.5) <= 0.05
+    for reply in replies:
+        assert any(k.startswith(wire.UNITS_PREFIX) for k in reply.content["arrays"])
+
+
+def test_l1_selects_largest_norm_units(task_identity, cfg, monkeypatch) -> None:
+    """l1-structured keeps, per hidden layer, the units whose owned weights (their rows and the
+    next layer's columns) have the largest L1 norm in the trained, not yet pruned model."""
+    seen = []
+    original = client_app.select_personal_units
+
+    def spy(model, *args, **kwargs):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(client_app, "select_personal_units", spy)
+    fed = Federation(cfg, "l1-structured")
+    fed.train(1)
+    assert len(seen) == 2
+    for node, state in zip(sorted(NODES), seen):  # LocalGrid serves the nodes in message order
+        units = fed.memory(node).units()
+        norms = {
+            "body.0": state["body.0.weight"].abs().sum(1) + state["body.2.weight"].abs().sum(0),
+            "body.2": state["body.2.weight"].abs().sum(1) + state["head.weight"].abs().sum(0),
+        }
+        for group, norm in norms.items():
+            kept, pruned = norm[units[group]], norm[~units[group]]
+            assert len(pruned) > 0
+            assert float(kept.min()) >= float(pruned.max()), group
+
+
+def test_random_structured_differs_between_clients(task_identity, cfg) -> None:
+    fed = Federation(cfg, "random-structured")
+    fed.train(1)
+    u0, u1 = (fed.memory(n).units() for n in NODES)
+    assert not all(torch.equal(u0[g], u1[g]) for g in u0)
+
+
+def test_gradual_structured_schedule_nests_units(task_identity) -> None:
+    cfg = make_config({**CFG, "structured_schedule": "gradual", "prune_start_round": 1, "prune_end_round": 3,
+                       "initial_sparsity": 0.0, "final_sparsity": 0.6})
+    fed = Federation(cfg, "l1-structured")
+    history = []
+    for server_round in (1, 2, 3):
+        _, replies = fed.train(server_round)
+        history.append({n: fed.memory(n).units() for n in NODES})
+        carries_units = [any(k.startswith(wire.UNITS_PREFIX) for k in r.content["arrays"]) for r in replies]
+        # round 1: target 0 -> still dense, nothing to send; rounds 2 and 3: new units each time
+        assert carries_units == ([False, False] if server_round == 1 else [True, True])
+    for node in NODES:
+        assert history[0][node] is None
+        second, third = history[1][node], history[2][node]
+        # cubic schedule: s(2) = 0.6 + (0 - 0.6) * (1 - 1/2)^3 = 0.525, s(3) = 0.6
+        assert abs(sparsity_by_hand(second) - 0.525) <= 0.05
+        assert abs(sparsity_by_hand(third) - 0.6) <= 0.05
+        for group in ("body.0", "body.2"):  # a pruned unit never comes back
+            assert not bool((third[group] & ~second[group]).any())
+        assert fed.strategy.client_units[NODES[node]]["body.0"].equal(third["body.0"])
