@@ -1,0 +1,95 @@
+"""The device speedup benchmark (benchmarks/device_speedup.py) in its --quick mode."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "device_speedup.py"
+REQUIRED = ("model", "sparsity", "threads", "dense_ms", "masked_ms", "squeezed_ms", "flop_limit")
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("fedprune_bench_device_speedup", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load_script()
+
+
+@pytest.fixture(scope="module")
+def quick_rows(bench):
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert bench.main(["--quick", "--json"]) == 0
+    assert "[mlp]" in err.getvalue()  # progress goes to stderr
+    return json.loads(out.getvalue())  # stdout holds only JSON
+
+
+def _mlp_flops(widths: list[int]) -> int:
+    """Matmul FLOPs per example of Linear layers chaining ``widths``: 2 * sum(in * out)."""
+    return 2 * sum(a * b for a, b in zip(widths, widths[1:]))
+
+
+def test_quick_rows_have_the_keys_and_positive_times(bench, quick_rows) -> None:
+    assert len(quick_rows) == 1
+    row = quick_rows[0]
+    for key in REQUIRED + ("squeezed_speedup", "ratio_to_limit"):
+        assert key in row, key
+    assert (row["model"], row["sparsity"], row["threads"]) == ("mlp", 0.5, 1)
+    for key in ("dense_ms", "masked_ms", "squeezed_ms"):
+        assert row[key] > 0 and math.isfinite(row[key])
+    assert row["flop_limit"] > 1
+    assert row["squeezed_speedup"] == pytest.approx(row["dense_ms"] / row["squeezed_ms"])
+    assert row["ratio_to_limit"] == pytest.approx(row["squeezed_speedup"] / row["flop_limit"])
+
+
+def test_flop_limit_matches_the_squeezed_layer_widths(bench, quick_rows) -> None:
+    row = quick_rows[0]
+    hidden = [row["kept_units"][name] for name in ("body.0", "body.2", "body.4")]
+    assert all(0 < kept < full for kept, full in zip(hidden, bench.MLP_WIDTHS))
+    dense = _mlp_flops([bench.MLP_IN, *bench.MLP_WIDTHS, bench.MLP_CLASSES])
+    small = _mlp_flops([bench.MLP_IN, *hidden, bench.MLP_CLASSES])
+    assert row["dense_flops"] == pytest.approx(dense)
+    assert row["squeezed_flops"] == pytest.approx(small)
+    assert row["flop_limit"] == pytest.approx(dense / small, rel=1e-9)
+    # The weights the groups own are every Linear weight (head columns included), so the
+    # weight-entry sparsity equals the FLOP sparsity here: flop_limit ~ 1 / (1 - 0.5).
+    assert 1 - small / dense == pytest.approx(row["structured_sparsity"], abs=1e-9)
+    assert row["flop_limit"] == pytest.approx(2.0, rel=0.02)
+
+
+def test_squeezed_model_matches_masked_and_masks_hit_the_sparsity(quick_rows) -> None:
+    row = quick_rows[0]
+    assert row["squeeze_max_abs_diff"] < 1e-4
+    assert row["unstructured_sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_table_output_and_options(bench, capsys) -> None:
+    rows = [{
+        "model": "bert", "sparsity": 0.9, "threads": 1, "dense_ms": 10.0, "masked_ms": 10.0,
+        "squeezed_ms": 2.0, "flop_limit": 8.0, "masked_speedup": 1.0, "squeezed_speedup": 5.0,
+        "ratio_to_limit": 0.625, "structured_sparsity": 0.9,
+    }]
+    noisy = dict(rows[0], threads=2, masked_ms=20.0, masked_speedup=0.5, ratio_to_limit=0.9)
+    text = bench.format_table(rows + [noisy], ["BERT test"], 0.5, 3, (0.0, 0.0))
+    assert "MISS\n" in text and "ok*" in text and "BERT misses" in text and "met in 1/2 rows" in text
+    assert bench.is_noisy(noisy) and not bench.is_noisy(rows[0])
+    assert "l1" in text and "FlopCounterMode" in text
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--models", "resnet"])
+    args = bench.parse_args(["--models", "mlp,bert", "--min-run-time", "0.2"])
+    assert args.models == ["mlp", "bert"] and args.min_run_time == 0.2 and args.repeats == 5
