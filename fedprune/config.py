@@ -222,30 +222,40 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def _read_toml(path: str | Path, field_name: str) -> dict[str, Any]:
+    """The flat settings of TOML file ``path``; errors name ``field_name``."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{field_name}: file {str(path)!r} not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{field_name}: cannot read {str(path)!r} ({error.__class__.__name__})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{field_name}: {path} is not valid TOML ({error})") from None
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> ExperimentConfig:
     """Defaults, then the TOML file ``path`` (flat keys), then ``key=value`` overrides."""
     values: dict[str, Any] = {}
     if path is not None:
-        try:
-            values.update(tomllib.loads(Path(path).read_text()))
-        except FileNotFoundError:
-            raise ConfigError(f"--config: file {str(path)!r} not found") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"--config: cannot read {str(path)!r} ({error.__class__.__name__})") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"--config: {path} is not valid TOML ({error})") from None
+        values.update(_read_toml(path, "--config"))
     for text in overrides:
         key, value = parse_override(text)
         values[key] = value
     return make_config(values)
 
 
-RUN_ONLY_KEYS = ("out-dir", "verbose")
+RUN_ONLY_KEYS = ("out-dir", "verbose", "config-file")
 
 
 def config_from_run_config(run_config: Mapping[str, Any]) -> ExperimentConfig:
     """The experiment config from Flower's run config (``[tool.flwr.app.config]``).
 
-    ``out-dir`` and ``verbose`` are read by the apps themselves, not by the config.
+    ``config-file`` (a TOML file, optional) is read first and the other keys override
+    it; ``out-dir`` and ``verbose`` are read by the apps themselves.
     """
-    return make_config({k: v for k, v in run_config.items() if k not in RUN_ONLY_KEYS})
+    values: dict[str, Any] = {}
+    if run_config.get("config-file"):
+        values.update(_read_toml(run_config["config-file"], "config-file"))
+    values.update({k.replace("-", "_"): v for k, v in run_config.items() if k not in RUN_ONLY_KEYS})
+    return make_config(values)
