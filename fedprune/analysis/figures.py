@@ -61,47 +61,40 @@ def _legend(ax, **kwargs) -> None:
         ax.legend(fontsize="small", **kwargs)
 
 
-def plot_accuracy_vs_round(runs: Sequence[Run], path: Path) -> Path:
-    """Mean personal accuracy (plain mean over the clients evaluated that round) per round."""
+def _accuracy_lines(runs: Sequence[Run], path: Path, series, title: str, xlabel: str,
+                    integer_x: bool) -> Path:
+    """One line per method and run of ``series(records, method) -> [(x, accuracy)]``."""
     fig, ax = _figure()
     colors, several = method_colors(runs), len(runs) > 1
     for r, run in enumerate(runs):
         for method in run.methods:
-            points = personal_accuracy_by_round(run.records, method)
+            points = series(run.records, method)
             if points:
                 x, y = zip(*points)
                 ax.plot(x, y, color=colors[method], linestyle=LINESTYLES[r % len(LINESTYLES)],
                         marker=MARKERS[r % len(MARKERS)], markersize=4, label=series_label(method, run, several))
     if not ax.lines:
         _empty(ax, "no personal-accuracy records")
-    ax.set_title("Personal accuracy per round (mean over clients evaluated)")
-    ax.set_xlabel("round")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("personal accuracy (fraction correct)")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    if integer_x:
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     _legend(ax, loc="best")
     return _save(fig, path)
+
+
+def plot_accuracy_vs_round(runs: Sequence[Run], path: Path) -> Path:
+    """Mean personal accuracy (plain mean over the clients evaluated that round) per round."""
+    return _accuracy_lines(runs, path, personal_accuracy_by_round,
+                           "Personal accuracy per round (mean over clients evaluated)", "round", True)
 
 
 def plot_accuracy_vs_mb(runs: Sequence[Run], path: Path) -> Path:
     """Mean personal accuracy versus cumulative MB (up + down) of the method's messages."""
-    fig, ax = _figure()
-    colors, several = method_colors(runs), len(runs) > 1
-    for r, run in enumerate(runs):
-        for method in run.methods:
-            points = accuracy_vs_mb(run.records, method)
-            if points:
-                x, y = zip(*points)
-                ax.plot(x, y, color=colors[method], linestyle=LINESTYLES[r % len(LINESTYLES)],
-                        marker=MARKERS[r % len(MARKERS)], markersize=4, label=series_label(method, run, several))
-    if not ax.lines:
-        _empty(ax, "no personal-accuracy records")
-    ax.set_title("Personal accuracy versus communication")
-    ax.set_xlabel("cumulative communication, up + down (MB = $10^6$ bytes)")
-    ax.set_ylabel("personal accuracy (fraction correct)")
-    ax.grid(alpha=0.3)
-    _legend(ax, loc="best")
-    return _save(fig, path)
+    return _accuracy_lines(runs, path, accuracy_vs_mb, "Personal accuracy versus communication",
+                           "cumulative communication, up + down (MB = $10^6$ bytes)", False)
 
 
 def plot_accuracy_distribution(runs: Sequence[Run], path: Path) -> Path:
