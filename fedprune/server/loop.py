@@ -6,8 +6,8 @@ import functools
 import math
 import statistics
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -22,7 +22,7 @@ from fedprune.server.records import MethodTally, Recorder
 from fedprune.clients.app import handle_evaluate, handle_train, shared_part
 from fedprune.models.structure import expand_unit_mask, unit_groups
 from fedprune.strategies import DenseFedAvg, LocalOnly, MaskedFedAvg, PersonalizedStrategy, UnitStructure
-from fedprune.task import initial_model, new_model, union_test_set
+from fedprune.task import initial_model, new_model, profiles_of, union_test_set
 
 TIMEOUT_S = 3600.0
 MB = 1e6
@@ -161,19 +161,7 @@ def run_method(cfg: ExperimentConfig, method: str, grid: CountingGrid, recorder:
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays
-        for reply in by_partition(replies):
-            if not reply.has_error():
-                metrics = reply.content["metrics"]
-                partition = int(metrics["partition-id"])
-                tally.sparsity[partition] = float(metrics["sparsity"])
-                met = metrics["budget-met"]
-                if met >= 0:
-                    tally.budget_met[partition] = bool(met)
-                recorder.write(method=method, round=server_round, phase="train-metrics", client=partition,
-                               train_loss=metrics["train-loss"], sparsity=metrics["sparsity"],
-                               budget_met=None if met < 0 else bool(met),
-                               compute_seconds=metrics["compute-seconds"],
-                               num_examples=metrics["num-examples"])
+        record_train_metrics(replies, tally, recorder, server_round)
         last = server_round == cfg.rounds
         if last or server_round % cfg.evaluate_every == 0:
             evaluate_personal(strategy, grid, tally, recorder, arrays, server_round, all_clients=last)
@@ -188,12 +176,30 @@ def run_method(cfg: ExperimentConfig, method: str, grid: CountingGrid, recorder:
     final = {k: torch.from_numpy(v.numpy().copy()) for k, v in arrays.items()}
     partitions = sorted(grid.partition_of.values())
     save_personal_models(recorder.out_dir / "models" / f"{method}.pt", final, strategy)
+    threads = {c: (p.threads if p else 1) for c, p in profiles_of(cfg).items()}
     costs = personal_costs(cfg, method, final, {p: strategy.client_masks.get(p) for p in partitions},
-                           {p: strategy.client_units.get(p) for p in partitions})
+                           {p: strategy.client_units.get(p) for p in partitions}, threads)
     for partition, cost in costs.items():
         recorder.write(method=method, round=cfg.rounds, phase="device", client=partition, **cost)
     row.update(mean_costs(costs))
     return row
+
+
+def record_train_metrics(replies: list[Message], tally: MethodTally, recorder: Recorder,
+                         server_round: int) -> None:
+    """Write each good reply's training metrics and keep its sparsity and budget in ``tally``."""
+    for reply in by_partition(replies):
+        if reply.has_error():
+            continue
+        metrics = reply.content["metrics"]
+        partition = int(metrics["partition-id"])
+        tally.sparsity[partition] = float(metrics["sparsity"])
+        met = None if metrics["budget-met"] < 0 else bool(metrics["budget-met"])
+        if met is not None:
+            tally.budget_met[partition] = met
+        recorder.write(method=tally.method, round=server_round, phase="train-metrics", client=partition,
+                       train_loss=metrics["train-loss"], sparsity=metrics["sparsity"], budget_met=met,
+                       compute_seconds=metrics["compute-seconds"], num_examples=metrics["num-examples"])
 
 
 def save_personal_models(path: Path, global_state: dict[str, torch.Tensor],
