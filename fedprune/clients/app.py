@@ -153,7 +153,8 @@ def _new_mask(method: Method, cfg: ExperimentConfig, model: nn.Module, masks: Ma
     inputs = data.train_x[:budgets.BATCH]
     final = cfg.final_sparsity if profile is None else budgets.first_guess(profile, model, inputs)
     schedule = _schedule(cfg, method, final)
-    target = schedule.sparsity(server_round)
+    # random masks are drawn once, at the first pruning round, straight at the final sparsity
+    target = final if method.pruning == "random" else schedule.sparsity(server_round)
     # A client with no mask yet and a target of 0 stays dense: no all-true mask on the wire.
     if not schedule.prunes_at(server_round) or not (masks or target > 0):
         return masks, units
