@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+from helpers import new_context
 
 from fedprune import wire
 from fedprune.clients.app import handle_evaluate, handle_train
@@ -27,9 +29,6 @@ def start_state(cfg) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in initial_model(cfg).state_dict().items()}
 
 
-def new_context(partition: int = 0) -> Context:
-    return Context(run_id=0, node_id=1, node_config={"partition-id": partition, "num-partitions": 2},
-                   state=RecordDict(), run_config={})
 
 
 def server_message(state, method: str, server_round: int, *, masks=None, digest: int = 0,

@@ -6,8 +6,10 @@ import json
 
 import pytest
 import torch
-from flwr.app import Context, RecordDict
+from flwr.app import RecordDict
 from torch import nn
+
+from helpers import new_context
 
 from fedprune.clients.app import handle_train
 from fedprune.config import ConfigError, make_config
@@ -81,8 +83,7 @@ def _train_once(cfg, method: str, partition: int):
     from flwr.app import ConfigRecord, Message
 
     from fedprune import wire
-    context = Context(run_id=0, node_id=partition + 1, state=RecordDict(), run_config={},
-                      node_config={"partition-id": partition, "num-partitions": cfg.num_clients})
+    context = new_context(partition, cfg.num_clients)
     state = initial_model(cfg, method).state_dict()
     content = RecordDict({"arrays": wire.pack(state, None), "config": ConfigRecord(
         {"encoding": "dense", "mask-digest": 0, "method": method, "server-round": 1})})

@@ -7,7 +7,9 @@ import io
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+
+from helpers import new_context
 
 from fedprune import partial, wire
 from fedprune.clients.app import handle_evaluate, handle_train
@@ -97,9 +99,6 @@ def start_state(cfg) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in initial_model(cfg).state_dict().items()}
 
 
-def new_context(partition: int = 0) -> Context:
-    return Context(run_id=0, node_id=1, node_config={"partition-id": partition, "num-partitions": 2},
-                   state=RecordDict(), run_config={})
 
 
 def dense_message(state, method: str, server_round: int, message_type: str = MessageType.TRAIN) -> Message:
