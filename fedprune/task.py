@@ -108,6 +108,11 @@ def profiles_of(cfg: ExperimentConfig) -> dict[int, DeviceProfile | None]:
     return assign_profiles(profiles, cfg.num_clients)
 
 
+def profile_threads(cfg: ExperimentConfig) -> dict[int, int]:
+    """Client id -> the thread count its personal model is timed with (1 without a profile)."""
+    return {client: (p.threads if p else 1) for client, p in profiles_of(cfg).items()}
+
+
 def union_test_set(cfg: ExperimentConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The union of all clients' local test parts (for the global model's accuracy)."""
     parts = clients_data(cfg)

@@ -218,7 +218,7 @@ def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> M
     if not method.federated:
         arrays = wire.pack({}, None)
     elif method.pruning == "structured":
-        arrays = wire.pack(state, sent, units=memory.units() if changed else None)
+        arrays = wire.pack(state, sent, units=new_units if changed else None)
     else:
         arrays = wire.pack(state, sent, new_masks if changed else None)
     metrics = MetricRecord({

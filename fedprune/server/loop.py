@@ -22,7 +22,7 @@ from fedprune.server.records import MethodTally, Recorder
 from fedprune.clients.app import handle_evaluate, handle_train, shared_part
 from fedprune.models.structure import expand_unit_mask, unit_groups
 from fedprune.strategies import DenseFedAvg, LocalOnly, MaskedFedAvg, PersonalizedStrategy, UnitStructure
-from fedprune.task import initial_model, new_model, profiles_of, union_test_set
+from fedprune.task import initial_model, new_model, profile_threads, union_test_set
 
 TIMEOUT_S = 3600.0
 MB = 1e6
@@ -176,9 +176,8 @@ def run_method(cfg: ExperimentConfig, method: str, grid: CountingGrid, recorder:
     final = {k: torch.from_numpy(v.numpy().copy()) for k, v in arrays.items()}
     partitions = sorted(grid.partition_of.values())
     save_personal_models(recorder.out_dir / "models" / f"{method}.pt", final, strategy)
-    threads = {c: (p.threads if p else 1) for c, p in profiles_of(cfg).items()}
     costs = personal_costs(cfg, method, final, {p: strategy.client_masks.get(p) for p in partitions},
-                           {p: strategy.client_units.get(p) for p in partitions}, threads)
+                           {p: strategy.client_units.get(p) for p in partitions}, profile_threads(cfg))
     for partition, cost in costs.items():
         recorder.write(method=method, round=cfg.rounds, phase="device", client=partition, **cost)
     row.update(mean_costs(costs))

@@ -11,7 +11,7 @@ from fedprune.config import ConfigError, make_config
 from fedprune.device.budget import within_budget
 from fedprune.pruning.masks import mask_sparsity
 from fedprune.server.costs import personal_costs
-from fedprune.task import profiles_of
+from fedprune.task import profile_threads, profiles_of
 
 COLUMNS = ("method", "client", "profile", "threads", "sparsity", "kFLOPs/ex", "latency ms",
            "speedup", "FLOP limit", "stored KB", "budget met")
@@ -24,7 +24,7 @@ def device_rows(run_dir: Path) -> list[dict]:
             raise ConfigError(f"RUN_DIR: {run_dir} has no {name}; give a folder written by `fedprune run`")
     cfg = make_config(json.loads((run_dir / "config.json").read_text()))
     profiles = profiles_of(cfg)
-    threads = {c: (p.threads if p else 1) for c, p in profiles.items()}
+    threads = profile_threads(cfg)
     rows = []
     for method in cfg.methods:
         saved = torch.load(run_dir / "models" / f"{method}.pt")
