@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from fedprune.data.datasets import DATASET_NAMES
+from fedprune.data.datasets import DATASET_NAMES, TEXT_DATASETS
 from fedprune.data.partition import PARTITIONERS
 from fedprune.models.builders import MODEL_NAMES
 from fedprune.partial import PERSONAL_LAYERS
@@ -40,11 +40,24 @@ class ExperimentConfig:
     classes_per_client: int = 2
     dirichlet_alpha: float = 0.5
     test_fraction: float = 0.2
+    # text data (dataset = "text" or "amazon")
+    data_path: str = ""
+    text_column: str = ""
+    label_column: str = "label"
+    data_config: str = ""
+    domains: list[str] = field(default_factory=list)
+    clients_per_domain: int = 1
+    max_train_examples: int = 0
+    max_test_examples: int = 0
+    max_length: int = 64
     # model
     model: str = "mlp"
     mlp_widths: list[int] = field(default_factory=lambda: [128, 64])
     cnn_channels: list[int] = field(default_factory=lambda: [16, 32])
     cnn_hidden: int = 64
+    pretrained: str = "minilm"
+    freeze_embeddings: bool = False
+    latency_tokens: int = 128
     # federation
     rounds: int = 20
     fraction_train: float = 1.0
@@ -53,6 +66,7 @@ class ExperimentConfig:
     # local training
     local_epochs: int = 2
     batch_size: int = 32
+    optimizer: str = "sgd"
     learning_rate: float = 0.05
     momentum: float = 0.9
     # pruning (gmp: cubic schedule over rounds)
@@ -95,6 +109,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "structured_schedule": ("gradual", "once"),
     "mi_estimator": ("gaussian", "binned"),
     "mi_allocation": ("uniform", "global"),
+    "optimizer": ("sgd", "adamw"),
 }
 
 
@@ -132,7 +147,7 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
-def _check_ranges(cfg: ExperimentConfig, num_examples: int) -> None:
+def _check_ranges(cfg: ExperimentConfig, num_examples: int, num_groups: int) -> None:
     def need(ok: bool, message: str) -> None:
         if not ok:
             raise ConfigError(message)
@@ -187,6 +202,26 @@ def _check_ranges(cfg: ExperimentConfig, num_examples: int) -> None:
     need(2 * cfg.num_clients <= num_examples,
          f"num_clients: {cfg.num_clients} clients need at least 2 examples each (local train and test); "
          f"dataset {cfg.dataset!r} has {num_examples}")
+    text = cfg.dataset in TEXT_DATASETS
+    wanted = "transformer" if text else "mlp or cnn"
+    need(text == (cfg.model == "transformer"),
+         f"model: dataset {cfg.dataset!r} needs model = {wanted}, got {cfg.model!r}")
+    need(cfg.partitioner != "natural" or cfg.dataset == "amazon",
+         "partitioner: 'natural' (one group of clients per domain) needs dataset = \"amazon\"")
+    if cfg.partitioner == "natural":
+        groups = len(cfg.domains) or num_groups
+        need(cfg.num_clients == groups * cfg.clients_per_domain,
+             f"num_clients: {cfg.num_clients} does not match {groups} domains x clients_per_domain "
+             f"{cfg.clients_per_domain} = {groups * cfg.clients_per_domain}")
+    for name in ("clients_per_domain", "max_length", "latency_tokens"):
+        need(getattr(cfg, name) >= 1, f"{name}: {getattr(cfg, name)} must be at least 1")
+    for name in ("max_train_examples", "max_test_examples"):
+        need(getattr(cfg, name) >= 0, f"{name}: {getattr(cfg, name)} must be at least 0 (0 = all)")
+    need(not cfg.freeze_embeddings or cfg.model == "transformer",
+         "freeze_embeddings: only transformer models have embeddings; set model = \"transformer\"")
+    unsupported = [m for m in cfg.methods if METHODS[m].small_dense and cfg.model == "transformer"]
+    need(not unsupported, "methods: small-dense is not available for transformer models; "
+         "allowed there: " + ", ".join(m for m in METHODS if not METHODS[m].small_dense))
     if cfg.partitioner == "pathological":
         need(cfg.classes_per_client <= 10 or cfg.dataset != "digits",
              f"classes_per_client: {cfg.classes_per_client} exceeds the 10 classes of digits")
@@ -205,9 +240,20 @@ def make_config(values: Mapping[str, Any]) -> ExperimentConfig:
         raise ConfigError(f"dataset: unknown value {cfg.dataset!r}; allowed: {', '.join(DATASET_NAMES)}")
     from fedprune.data.datasets import load_dataset
 
-    table, _ = load_dataset(cfg.dataset)
-    _check_ranges(cfg, len(table))
+    try:
+        table, _ = load_dataset(*dataset_args(cfg))
+    except ValueError as error:  # TextDataError: names the file and the problem
+        message = str(error)
+        raise ConfigError(message if message.startswith("data_path:") else f"data_path: {message}") from None
+    groups = len(set(table["domain"])) if "domain" in table.column_names else 0
+    _check_ranges(cfg, len(table), groups)
     return cfg
+
+
+def dataset_args(cfg: ExperimentConfig) -> tuple:
+    """The arguments of ``fedprune.data.load_dataset`` for ``cfg`` (hashable, for caching)."""
+    return (cfg.dataset, cfg.data_path, cfg.text_column, cfg.label_column, cfg.data_config,
+            tuple(cfg.domains))
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -4,11 +4,12 @@ Two kinds of personal parameters, combinable with any pruning method:
 
 - personal layers (FedPer, Arivazhagan et al. 2019; FedRep, Collins et al. 2021):
   ``personal_layers = "head"`` keeps the classifier head (``head.*`` or
-  ``classifier.*``) on the client forever;
+  ``[...].classifier.*``) on the client forever;
 - random partial updates (SRP-pFed): ``personal_fraction = p`` makes a random
   fraction p of every other tensor's entries personal, drawn anew each round from
   (seed, client, round), so client and server derive the same split without
-  sending it.
+  sending it;
+- frozen tensors (``freeze_embeddings``): never trained, never sent.
 
 Shared masks are ``True`` where an entry travels; tensors absent are fully shared.
 Pure torch, no Flower import.
@@ -17,28 +18,37 @@ Pure torch, no Flower import.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 
 from fedprune.pruning.masks import Masks
 
 PERSONAL_LAYERS = ("none", "head")
-HEAD_PREFIXES = ("head.", "classifier.")
+HEAD_MODULES = frozenset({"head", "classifier"})
 
 
 def is_head(name: str) -> bool:
-    """True for parameters of the classifier head."""
-    return name.startswith(HEAD_PREFIXES)
+    """True for parameters of the classifier head (a module named ``head`` or ``classifier``)."""
+    return not HEAD_MODULES.isdisjoint(name.split(".")[:-1])
+
+
+def is_embedding(name: str) -> bool:
+    """True for parameters of a transformer's embeddings module (``[...].embeddings.*``)."""
+    return "embeddings" in name.split(".")[:-1]
 
 
 def shared_masks(template: Mapping[str, torch.Tensor], personal_layers: str, personal_fraction: float,
-                 seed: int, client: int, server_round: int) -> Masks:
-    """The entries of each tensor that client ``client`` shares in ``server_round``."""
+                 seed: int, client: int, server_round: int, frozen: Collection[str] = ()) -> Masks:
+    """The entries of each tensor that client ``client`` shares in ``server_round``.
+
+    ``frozen`` tensors never change, so they never travel (both sides hold their
+    initial values).
+    """
     masks: Masks = {}
     generator = torch.Generator().manual_seed(zlib.crc32(f"srp/{seed}/{client}/{server_round}".encode()))
     for name, tensor in template.items():
-        if personal_layers == "head" and is_head(name):
+        if name in frozen or (personal_layers == "head" and is_head(name)):
             masks[name] = torch.zeros(tensor.shape, dtype=torch.bool)
         elif personal_fraction > 0:
             masks[name] = torch.rand(tensor.shape, generator=generator) >= personal_fraction

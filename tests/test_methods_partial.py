@@ -47,7 +47,9 @@ def test_head_is_personal_and_the_rest_is_absent() -> None:
 
 def test_is_head() -> None:
     assert partial.is_head("head.weight") and partial.is_head("classifier.bias")
-    assert not partial.is_head("body.0.weight") and not partial.is_head("fc.head.weight")
+    assert partial.is_head("net.classifier.weight")  # a wrapped Hugging Face classifier
+    assert not partial.is_head("body.0.weight") and not partial.is_head("fc.headroom.weight")
+    assert not partial.is_head("net.bert.pooler.dense.weight")
 
 
 def test_personal_fraction_is_about_p_and_seeded_by_client_and_round() -> None:

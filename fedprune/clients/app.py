@@ -36,7 +36,7 @@ from fedprune.pruning.masks import Masks
 from fedprune.pruning.movement import MovementScores
 from fedprune.pruning.random_masks import random_masks
 from fedprune.pruning.squeeze import squeeze
-from fedprune.task import client_profile, clients_data, initial_model, new_model
+from fedprune.task import client_profile, clients_data, frozen_names, initial_model, new_model
 
 
 def _seed(cfg: ExperimentConfig, *parts: object) -> int:
@@ -52,7 +52,7 @@ def shared_part(cfg: ExperimentConfig, template: dict[str, torch.Tensor], partit
                 server_round: int) -> Masks:
     """The entries this client shares in ``server_round`` (see ``fedprune.partial``)."""
     return partial.shared_masks(template, cfg.personal_layers, cfg.personal_fraction, cfg.seed,
-                                partition, server_round)
+                                partition, server_round, frozen_names(cfg, list(template)))
 
 
 def receive(message: Message, cfg: ExperimentConfig, method: Method, memory: ClientMemory,
@@ -70,8 +70,10 @@ def receive(message: Message, cfg: ExperimentConfig, method: Method, memory: Cli
     model = new_model(cfg, method.name)
     template = model.state_dict()
     record = message.content["arrays"]
+    frozen = frozen_names(cfg, list(template))
     if encoding == "dense":
-        state = wire.unpack(wire.values_only(record), template, None)
+        absent = {name: torch.zeros(template[name].shape, dtype=torch.bool) for name in frozen}
+        state = wire.unpack(wire.values_only(record), template, absent)
         sent = shared_part(cfg, template, partition, int(config["server-round"]))
     elif encoding == "masked":
         adopted = wire.bitmaps_in(record, template)
@@ -86,6 +88,7 @@ def receive(message: Message, cfg: ExperimentConfig, method: Method, memory: Cli
         raise ValueError(f"unknown encoding {encoding!r}")
     if own is not None:  # personal entries come from the client itself, never from the server
         state = {k: torch.where(sent[k], v, own[k]) if k in sent else v for k, v in state.items()}
+    state.update({name: template[name] for name in frozen})  # never trained, never sent
     model.load_state_dict(state)
     if masks:
         apply_masks(model, masks)
@@ -105,11 +108,13 @@ def _schedule(cfg: ExperimentConfig, method: Method, final: float) -> CubicSched
 def _train(model: nn.Module, cfg: ExperimentConfig, data, masks: Masks | None, epochs: int,
            generator: torch.Generator, after_backward=None) -> float:
     """Local epochs; with FedRep, head-only epochs first, then body-only epochs."""
-    common = dict(batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
-                  masks=masks, generator=generator, after_backward=after_backward)
-    if cfg.fedrep_head_epochs == 0:
-        return train_local(model, data.train_x, data.train_y, epochs=epochs, **common)
+    common = dict(batch_size=cfg.batch_size, optimizer=cfg.optimizer, learning_rate=cfg.learning_rate,
+                  momentum=cfg.momentum, masks=masks, generator=generator, after_backward=after_backward)
     names = [name for name, _ in model.named_parameters()]
+    frozen = set(frozen_names(cfg, names))
+    names = [name for name in names if name not in frozen]
+    if cfg.fedrep_head_epochs == 0:
+        return train_local(model, data.train_x, data.train_y, epochs=epochs, trainable=names, **common)
     head = [n for n in names if partial.is_head(n)]
     train_local(model, data.train_x, data.train_y, epochs=cfg.fedrep_head_epochs, trainable=head, **common)
     body = [n for n in names if not partial.is_head(n)]

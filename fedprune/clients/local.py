@@ -9,6 +9,8 @@ from torch import nn
 
 from fedprune.pruning.masks import Masks, apply_masks
 
+OPTIMIZERS = ("sgd", "adamw")
+
 
 def train_local(
     model: nn.Module,
@@ -17,6 +19,7 @@ def train_local(
     *,
     epochs: int,
     batch_size: int,
+    optimizer: str = "sgd",
     learning_rate: float,
     momentum: float,
     masks: Masks | None,
@@ -24,7 +27,8 @@ def train_local(
     trainable: Collection[str] | None = None,
     after_backward: Callable[[], None] | None = None,
 ) -> float:
-    """SGD for ``epochs`` over ``(x, y)``; returns the mean training loss.
+    """``optimizer`` (``sgd`` with momentum, or ``adamw``, fresh state per call) for
+    ``epochs`` over ``(x, y)``; returns the mean training loss.
 
     Pruned entries stay exactly zero: their gradients are zeroed before every
     step and the masks are re-applied after it (momentum cannot revive them).
@@ -35,7 +39,10 @@ def train_local(
     chosen = [p for name, p in params.items() if trainable is None or name in trainable]
     if not chosen or epochs == 0:
         return float("nan")
-    optimizer = torch.optim.SGD(chosen, lr=learning_rate, momentum=momentum)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer: unknown {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+    step = (torch.optim.SGD(chosen, lr=learning_rate, momentum=momentum) if optimizer == "sgd"
+            else torch.optim.AdamW(chosen, lr=learning_rate))
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     total, count = 0.0, 0
@@ -52,7 +59,7 @@ def train_local(
                 for name, mask in masks.items():
                     if params[name].grad is not None:
                         params[name].grad.mul_(mask)
-            optimizer.step()
+            step.step()
             if masks:
                 apply_masks(model, masks)
             total += loss.item() * len(batch)

@@ -13,7 +13,7 @@ from flwr_datasets.partitioner import (
     PathologicalPartitioner,
 )
 
-PARTITIONERS = ("iid", "dirichlet", "pathological")
+PARTITIONERS = ("iid", "dirichlet", "pathological", "natural")
 
 
 def make_partitioner(
@@ -22,8 +22,18 @@ def make_partitioner(
     seed: int,
     alpha: float = 0.5,
     classes_per_client: int = 2,
+    clients_per_group: int = 1,
 ) -> Partitioner:
-    """A Flower Datasets partitioner of ``kind`` (one of ``PARTITIONERS``) over ``label``."""
+    """A Flower Datasets partitioner of ``kind`` (one of ``PARTITIONERS``).
+
+    ``iid``, ``dirichlet`` and ``pathological`` split by ``label``; ``natural`` gives
+    every value of the ``domain`` column ``clients_per_group`` clients
+    (``NaturalIdPartitioner``, see ``fedprune.data.text.GroupPartitioner``).
+    """
+    if kind == "natural":
+        from fedprune.data.text import natural_partitioner
+
+        return natural_partitioner("domain", clients_per_group, seed)
     if kind == "iid":
         return IidPartitioner(num_partitions=num_clients)
     if kind == "dirichlet":
@@ -61,16 +71,31 @@ def _tensors(table: datasets.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(table["features"][:]).float(), torch.from_numpy(table["label"][:]).long()
 
 
-def client_data(
-    partitioner: Partitioner, table: datasets.Dataset, client: int, test_fraction: float, seed: int
-) -> ClientData:
-    """Client ``client``'s partition split into local train and test parts (seeded)."""
+def client_split(
+    partitioner: Partitioner, table: datasets.Dataset, client: int, test_fraction: float, seed: int,
+    max_train: int = 0, max_test: int = 0,
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Client ``client``'s partition split into local train and test tables (seeded).
+
+    ``max_train`` / ``max_test`` > 0 keep a seeded random subset of that size of the
+    train / test part (0 keeps the whole part).
+    """
     if partitioner.is_dataset_assigned() is False:
         partitioner.dataset = table
     partition = partitioner.load_partition(client)
     if len(partition) < 2:
         raise ValueError(f"num_clients: client {client} received {len(partition)} examples; use fewer clients")
     split = partition.train_test_split(test_size=test_fraction, seed=seed + client)
-    train_x, train_y = _tensors(split["train"])
-    test_x, test_y = _tensors(split["test"])
-    return ClientData(train_x, train_y, test_x, test_y)
+    return _at_most(split["train"], max_train, seed + client), _at_most(split["test"], max_test, seed + client)
+
+
+def _at_most(table: datasets.Dataset, rows: int, seed: int) -> datasets.Dataset:
+    return table.shuffle(seed=seed).select(range(rows)) if 0 < rows < len(table) else table
+
+
+def client_data(
+    partitioner: Partitioner, table: datasets.Dataset, client: int, test_fraction: float, seed: int
+) -> ClientData:
+    """Client ``client``'s local train and test tensors (``features`` tables, see ``client_split``)."""
+    train, test = client_split(partitioner, table, client, test_fraction, seed)
+    return ClientData(*_tensors(train), *_tensors(test))

@@ -9,7 +9,7 @@ from torch import nn
 from fedprune.models.cnn import CNN
 from fedprune.models.mlp import MLP
 
-MODEL_NAMES = ("mlp", "cnn")
+MODEL_NAMES = ("mlp", "cnn", "transformer")  # transformer: fedprune.models.text
 
 
 def build_model(

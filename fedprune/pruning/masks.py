@@ -10,7 +10,13 @@ Masks = dict[str, torch.Tensor]
 
 
 def prunable_names(model: nn.Module) -> list[str]:
-    """Names of the weights of every ``Linear`` and ``Conv`` layer, in module order."""
+    """Names of the weights of every ``Linear`` and ``Conv`` layer, in module order.
+
+    A model may narrow this with its own ``prunable_names()`` method (transformers:
+    the encoder's ``Linear`` layers only).
+    """
+    if hasattr(model, "prunable_names"):
+        return list(model.prunable_names())
     names = []
     for module_name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):

@@ -257,6 +257,9 @@ def collect_activations(
                 state["token_mask"] = kwargs.get("attention_mask")
                 model(**kwargs)
             else:
+                # packed text inputs: the model says which tokens are real
+                token_mask = getattr(model, "token_mask", None)
+                state["token_mask"] = None if token_mask is None else token_mask(inputs).to(device)
                 model(inputs.to(device))
             if batch_labels is not None:
                 label_parts.append(torch.as_tensor(batch_labels).cpu())

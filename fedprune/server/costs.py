@@ -2,7 +2,8 @@
 
 The server knows each personal model's structure (the global model under the
 client's mask); values do not change latency or FLOPs. Models with the same
-structure are measured once. Latency: batch 32, 1 thread (``fedprune.device``).
+structure are measured once. Latency: batch 32, 1 thread (``fedprune.device``);
+transformers: ``latency_tokens`` random tokens per example.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import torch
 
 from fedprune import wire
 from fedprune.config import ExperimentConfig
-from fedprune.data import load_dataset
 from fedprune.device import flops_per_example, measure_latency, parameter_bytes, sparse_bytes
 from fedprune.pruning.masks import Masks
-from fedprune.task import new_model, personal_model
+from fedprune.task import cost_inputs, new_model, personal_model
 
 BATCH = 32
 
@@ -31,9 +31,8 @@ def personal_costs(cfg: ExperimentConfig, method: str, global_state: dict[str, t
     (``task.personal_model``). ``threads``: per client (default 1). The dense
     reference is the method's full model, timed at the same thread count.
     """
-    _, info = load_dataset(cfg.dataset)
-    inputs = torch.randn(BATCH, *info.input_shape, generator=torch.Generator().manual_seed(0))
     dense = new_model(cfg, method)
+    inputs = cost_inputs(cfg, dense, BATCH)
     dense_flops = flops_per_example(dense, inputs, BATCH)
     dense_ms: dict[int, float] = {}
     measured: dict[tuple, dict] = {}

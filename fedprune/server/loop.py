@@ -22,7 +22,7 @@ from fedprune.server.records import MethodTally, Recorder
 from fedprune.clients.app import handle_evaluate, handle_train, shared_part
 from fedprune.models.structure import expand_unit_mask, unit_groups
 from fedprune.strategies import DenseFedAvg, LocalOnly, MaskedFedAvg, PersonalizedStrategy, UnitStructure
-from fedprune.task import initial_model, new_model, profile_threads, union_test_set
+from fedprune.task import frozen_names, initial_model, new_model, profile_threads, union_test_set
 
 TIMEOUT_S = 3600.0
 MB = 1e6
@@ -115,10 +115,11 @@ def make_strategy(cfg: ExperimentConfig, method: str, template: dict[str, torch.
     Dense methods use Flower's FedAvg mean unless part of the model is personal;
     then, as for pruned methods, each entry is averaged over the clients that sent it.
     """
-    partial_updates = cfg.personal_layers != "none" or cfg.personal_fraction > 0
+    partial_updates = cfg.personal_layers != "none" or cfg.personal_fraction > 0 or cfg.freeze_embeddings
     shared = functools.partial(shared_part, cfg, template)
     common = dict(seed=cfg.seed, fraction_train=cfg.fraction_train,
-                  fraction_evaluate=cfg.fraction_evaluate, shared_part=shared)
+                  fraction_evaluate=cfg.fraction_evaluate, shared_part=shared,
+                  frozen=frozen_names(cfg, list(template)))
     if not METHODS[method].federated:
         return LocalOnly(template, partition_of, method, **common)
     if METHODS[method].pruning == "structured":

@@ -1,6 +1,6 @@
 """``fedprune`` command line.
 
-``fedprune run [--config F] [--set k=v ...] [--methods a,b] [--out DIR] [--no-report]``
+``fedprune run [--config F | --preset NAME] [--set k=v ...] [--methods a,b] [--out DIR] [--no-report]``
 ``fedprune report RUN_DIR [RUN_DIR ...] [--out DIR]``
 ``fedprune device RUN_DIR``
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 from fedprune.methods import METHODS
@@ -17,12 +18,31 @@ from fedprune.methods import METHODS
 EXIT_BAD_INPUT = 2
 
 
+PRESETS = resources.files("fedprune") / "presets"
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in ``fedprune/presets/*.toml``."""
+    return sorted(entry.name[: -len(".toml")] for entry in PRESETS.iterdir() if entry.name.endswith(".toml"))
+
+
+def preset_path(name: str) -> Path:
+    """The TOML file of preset ``name``; raises ``ConfigError`` naming the allowed presets."""
+    from fedprune.config import ConfigError
+
+    if name not in preset_names():
+        raise ConfigError(f"--preset: unknown preset {name!r}; allowed: {', '.join(preset_names())}")
+    return Path(str(PRESETS / f"{name}.toml"))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedprune", description="Federated personalized-pruning simulator on Flower: "
                                      "bytes sent, personal accuracy and on-device speedup per method.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a federated pruning experiment")
-    run.add_argument("--config", help="TOML file of settings (flat keys; see README)")
+    source = run.add_mutually_exclusive_group()
+    source.add_argument("--config", help="TOML file of settings (flat keys; see README)")
+    source.add_argument("--preset", help="a named config shipped with fedprune: " + ", ".join(preset_names()))
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override one setting, e.g. --set final_sparsity=0.9 (repeatable)")
     run.add_argument("--methods", help="comma-separated methods (default fedavg,gmp): " + ", ".join(METHODS))
@@ -44,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.methods is not None:
         overrides.append(f"methods={args.methods!r}".replace("'", '"'))
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config if args.preset is None else preset_path(args.preset), overrides)
     out_dir = Path(args.out or f"runs/run-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out_dir / "summary.json").exists():
         raise ConfigError(f"--out: {out_dir} already holds a run; choose a new folder")

@@ -52,7 +52,7 @@ class PersonalizedStrategy(FedAvg):
     def __init__(self, template: dict[str, torch.Tensor], partition_of: dict[int, int],
                  method: str, seed: int, fraction_train: float = 1.0,
                  fraction_evaluate: float = 1.0, shared_part: SharedPart = everything_shared,
-                 structure: UnitStructure | None = None) -> None:
+                 structure: UnitStructure | None = None, frozen: Iterable[str] = ()) -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
                          min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
         self.template = template
@@ -61,6 +61,8 @@ class PersonalizedStrategy(FedAvg):
         self.rng = random.Random(seed)
         self.shared_part = shared_part
         self.structure = structure
+        # tensors that never travel (frozen on both sides): left out of every payload
+        self.frozen: Masks = {name: torch.zeros(template[name].shape, dtype=torch.bool) for name in frozen}
         self.client_masks: dict[int, Masks] = {}
         self.client_units: dict[int, Masks] = {}
         self.known: set[int] = set()
@@ -79,11 +81,11 @@ class PersonalizedStrategy(FedAvg):
     def payload(self, partition: int, server_round: int) -> tuple[ArrayRecord, ConfigRecord]:
         """The model for ``partition`` and its wire description.
 
-        First contact: the dense model. Afterwards only the entries the client keeps
-        (its last reported mask) and shares this round.
+        First contact: the dense model (less frozen tensors). Afterwards only the entries
+        the client keeps (its last reported mask) and shares this round.
         """
         if partition not in self.known:
-            return wire.pack(self.global_state, None), ConfigRecord({"encoding": "dense", "mask-digest": 0})
+            return wire.pack(self.global_state, self.frozen), ConfigRecord({"encoding": "dense", "mask-digest": 0})
         masks = self.client_masks.get(partition)
         sent = self.sent_entries(masks, partition, server_round)
         return wire.pack(self.global_state, sent), ConfigRecord(
