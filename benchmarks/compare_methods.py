@@ -2,6 +2,8 @@
 
     python benchmarks/compare_methods.py --methods fedavg,gmp,mi --seeds 0,1,2 \
         --set final_sparsity=0.8 --out runs/compare
+    python benchmarks/compare_methods.py --preset amazon-minilm --methods fedavg,mi --seeds 0,1 \
+        --out runs/amazon-seeds
 
 Each seed is a separate run (the partition depends on the seed); all methods of one seed
 share it. Accuracy, bytes and FLOPs are deterministic per seed; latency and seconds are
@@ -51,8 +53,11 @@ def table(rows_by_seed: list[list[dict]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", required=True)
+    parser.add_argument("--methods", help="comma list (default: the config's or preset's methods)")
     parser.add_argument("--seeds", default="0,1,2")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", help="TOML config passed to every run")
+    source.add_argument("--preset", help="named preset passed to every run (fedprune run --preset)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", required=True, help="folder for the per-seed run folders")
     args = parser.parse_args(argv)
@@ -61,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds.split(","):
         run_dir = out / f"seed-{seed}"
         if not (run_dir / "summary.json").exists():
-            command = [sys.executable, "-m", "fedprune.sim.cli", "run", "--methods", args.methods,
+            command = [sys.executable, "-m", "fedprune.sim.cli", "run", "--no-report",
                        "--out", str(run_dir), "--set", f"seed={seed}"]
+            if args.methods:
+                command += ["--methods", args.methods]
+            if args.config or args.preset:
+                command += ["--config", args.config] if args.config else ["--preset", args.preset]
             for override in args.overrides:
                 command += ["--set", override]
             print(f"running seed {seed} ...", file=sys.stderr, flush=True)
@@ -70,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             if result.returncode != 0:
                 return result.returncode
         rows_by_seed.append(json.loads((run_dir / "summary.json").read_text())["methods"])
-    settings = ", ".join(args.overrides) or "defaults"
+    base = f"config {args.config}" if args.config else f"preset {args.preset}" if args.preset else "defaults"
+    settings = ", ".join([base, *args.overrides])
     print(f"{len(rows_by_seed)} seeds ({args.seeds}); {settings}; mean (std)\n")
     print(table(rows_by_seed))
     return 0

@@ -136,6 +136,24 @@ def test_bad_data_path_exits_2_and_writes_nothing(tmp_path, amazon, capsys) -> N
     assert err.startswith("fedprune: error: data_path:") and "missing" in err and "\n" not in err
 
 
+@pytest.mark.parametrize("content, problem", [
+    ("text,label\ngood,1\nbad,pos\n", "row 2: label 'pos' is not an integer"),
+    ("text,stars\ngood,1\n", "label column 'label' not found"),
+    ("", "empty file"),
+])
+def test_malformed_csv_exits_2_naming_file_and_problem(tmp_path, capsys, content, problem) -> None:
+    from fedprune.sim.cli import main
+
+    path = tmp_path / "reviews.csv"
+    path.write_text(content)
+    out = tmp_path / "run"
+    code = main(["run", "--set", "dataset=text", "--set", "model=transformer", "--set",
+                 f"data_path={path}", "--set", "partitioner=iid", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert err.startswith(f"fedprune: error: data_path: {path}") and problem in err and "\n" not in err
+
+
 def test_presets_load_and_unknown_preset_is_named() -> None:
     from fedprune.sim.cli import main, preset_names, preset_path
 
