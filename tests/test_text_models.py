@@ -281,3 +281,14 @@ def test_end_to_end_mi_squeezes_heads_and_ffn(run, amazon) -> None:
         inputs[:, 1, 10:] = 0  # some padding
         with torch.no_grad():
             assert torch.allclose(small(inputs), twin(inputs), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fedprune_device_rebuilds_text_personal_models(run) -> None:
+    from fedprune.sim.device_cmd import device_rows
+
+    out, rows = run
+    measured = device_rows(out)
+    assert {(r["method"], r["client"]) for r in measured} == {(m["method"], c) for m in rows for c in (0, 1)}
+    flops = {r["method"]: r["flops"] for r in measured if r["client"] == 0}
+    assert flops["mi"] < 0.6 * flops["fedavg"] and flops["gmp"] == flops["fedavg"]
