@@ -183,6 +183,21 @@ def test_target_sparsity_is_met(kind: str, allocation: str) -> None:
         assert abs(unit_sparsity(model, groups, masks) - sparsity) < 0.02, (sparsity, allocation)
 
 
+def test_single_class_labels_carry_no_information() -> None:
+    """A client whose data hold one class (label skew): every MI is 0, selection still works."""
+    torch.manual_seed(0)
+    units, labels = torch.randn(40, 5), torch.zeros(40, dtype=torch.long)
+    for estimator in (GaussianMI(), BinnedMI()):
+        assert torch.equal(estimator.scores(units, labels).abs(), torch.zeros(5))
+        assert estimator.mi(units[:, 0], labels) == 0.0
+    model = MLP(64, 3, (32, 16))
+    groups = unit_groups(model)
+    for allocation in ("uniform", "global"):
+        masks = select_units(model, "mi", 0.5, torch.randn(60, 64), torch.ones(60, dtype=torch.long),
+                             allocation=allocation)
+        assert abs(unit_sparsity(model, groups, masks) - 0.5) < 0.05
+
+
 def test_uniform_keeps_equal_fractions_and_global_meets_budget() -> None:
     model = MLP(4, 2, (64, 8))
     torch.manual_seed(1)

@@ -48,7 +48,13 @@ def one_hot_code(labels: torch.Tensor) -> torch.Tensor:
 
 
 def standardize(x: torch.Tensor) -> torch.Tensor:
-    """Zero-mean, unit-variance columns (population std); constant columns become 0."""
+    """Zero-mean, unit-variance columns (population std); constant columns become 0.
+
+    A target with no columns (one-hot code of a single class) stays empty: it carries
+    no information, so every MI against it is 0.
+    """
+    if x.numel() == 0:
+        return x
     x = x - x.mean(dim=0)
     std = x.pow(2).mean(dim=0).sqrt()
     scale = torch.where(std > 1e-12 * (1 + x.abs().max()), 1.0 / std, torch.zeros_like(std))
