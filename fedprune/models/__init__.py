@@ -1,4 +1,4 @@
-"""Model builders. Every model exposes ``head``: its final classifier layer."""
+"""Model builders. MLP and CNN expose ``head`` (their classifier); transformers (``text.py``) a ``classifier``."""
 
 from fedprune.models.builders import MODEL_NAMES, build_model
 from fedprune.models.cnn import CNN
