@@ -38,6 +38,11 @@ def is_embedding(name: str) -> bool:
     return "embeddings" in name.split(".")[:-1]
 
 
+def nothing_of(template: Mapping[str, torch.Tensor], names: Collection[str]) -> Masks:
+    """All-false masks for ``names``: tensors that do not travel at all (``wire.pack`` leaves them out)."""
+    return {name: torch.zeros(template[name].shape, dtype=torch.bool) for name in names}
+
+
 def shared_masks(template: Mapping[str, torch.Tensor], personal_layers: str, personal_fraction: float,
                  seed: int, client: int, server_round: int, frozen: Collection[str] = ()) -> Masks:
     """The entries of each tensor that client ``client`` shares in ``server_round``.

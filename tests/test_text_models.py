@@ -189,7 +189,7 @@ def test_max_examples_cap_train_and_test(amazon) -> None:
 
 
 def server_message(state, method: str, frozen: list[str]) -> Message:
-    absent = {n: torch.zeros(state[n].shape, dtype=torch.bool) for n in frozen}
+    absent = partial.nothing_of(state, frozen)
     config = ConfigRecord({"encoding": "dense", "mask-digest": 0, "method": method, "server-round": 1})
     return Message(RecordDict({"arrays": wire.pack(state, absent), "config": config}),
                    dst_node_id=1, message_type=MessageType.TRAIN)

@@ -72,8 +72,7 @@ def receive(message: Message, cfg: ExperimentConfig, method: Method, memory: Cli
     record = message.content["arrays"]
     frozen = frozen_names(cfg, list(template))
     if encoding == "dense":
-        absent = {name: torch.zeros(template[name].shape, dtype=torch.bool) for name in frozen}
-        state = wire.unpack(wire.values_only(record), template, absent)
+        state = wire.unpack(wire.values_only(record), template, partial.nothing_of(template, frozen))
         sent = shared_part(cfg, template, partition, int(config["server-round"]))
     elif encoding == "masked":
         adopted = wire.bitmaps_in(record, template)

@@ -62,7 +62,7 @@ class PersonalizedStrategy(FedAvg):
         self.shared_part = shared_part
         self.structure = structure
         # tensors that never travel (frozen on both sides): left out of every payload
-        self.frozen: Masks = {name: torch.zeros(template[name].shape, dtype=torch.bool) for name in frozen}
+        self.frozen: Masks = partial.nothing_of(template, frozen)
         self.client_masks: dict[int, Masks] = {}
         self.client_units: dict[int, Masks] = {}
         self.known: set[int] = set()
