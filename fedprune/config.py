@@ -108,7 +108,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "global_mask": ("none", *RULES),
     "structured_schedule": ("gradual", "once"),
     "mi_estimator": ("gaussian", "binned"),
-    "mi_allocation": ("uniform", "global"),
+    "mi_allocation": ("uniform", "global", "kind"),
     "optimizer": ("sgd", "adamw"),
 }
 

@@ -11,7 +11,15 @@ from torch import nn
 from fedprune.models import CNN, MLP
 from fedprune.models.structure import unit_groups
 from fedprune.pruning.mi import BinnedMI, GaussianMI, greedy_order
-from fedprune.pruning.structured import collect_activations, select_units, unit_sparsity
+from fedprune.pruning.structured import (
+    ParamBudget,
+    collect_activations,
+    global_counts,
+    kind_counts,
+    kind_of,
+    select_units,
+    unit_sparsity,
+)
 
 N = 20_000
 
@@ -167,7 +175,7 @@ def test_mi_selection_keeps_informative_over_noise_unit() -> None:
     assert masks["body.0"].tolist() == [False, True, False, False]
 
 
-@pytest.mark.parametrize("allocation", ["uniform", "global"])
+@pytest.mark.parametrize("allocation", ["uniform", "global", "kind"])
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_target_sparsity_is_met(kind: str, allocation: str) -> None:
     torch.manual_seed(0)
@@ -259,8 +267,48 @@ def test_mi_selection_on_tiny_bert() -> None:
     attention[::2, 8:] = 0
     labels = torch.randint(0, 2, (64,))
     inputs = {"input_ids": ids, "attention_mask": attention, "labels": labels}
-    for allocation in ("uniform", "global"):
+    for allocation in ("uniform", "global", "kind"):
         masks = select_units(model, "mi", 0.5, inputs, allocation=allocation)
         assert set(masks) == {g.name for g in unit_groups(model)}
         assert all(mask.any() for mask in masks.values())
         assert abs(unit_sparsity(model, unit_groups(model), masks) - 0.5) < 0.1
+
+
+def test_kind_names_drop_layer_numbers() -> None:
+    assert kind_of("net.bert.encoder.layer.3.ffn") == "net.bert.encoder.layer.#.ffn"
+    assert kind_of("net.bert.encoder.layer.11.heads") == "net.bert.encoder.layer.#.heads"
+    assert kind_of("body.0") == kind_of("body.2") == "body.#"
+    assert kind_of("fc") == "fc"
+
+
+def test_kind_allocation_spreads_each_kinds_global_share_evenly() -> None:
+    """Hand-made rankings where ``global`` keeps every unit of layer 0 and few of layer 1:
+    ``kind`` keeps one fraction in both layers, at the parameter budget."""
+    model = MLP(8, 2, (16, 16))  # body.0 and body.2 are one kind; each unit owns 8 + 16 or 16 + 2 weights
+    groups = unit_groups(model)
+    budget = ParamBudget(model, groups)
+    flat = (torch.arange(16), torch.ones(16))  # all scores at the group maximum: never removed first
+    steep = (torch.arange(16), torch.linspace(1.0, 0.0, 16))
+    glob = global_counts(budget, [flat, steep], 0.5)
+    assert glob[0] == 16 and glob[1] < 8
+    kind = kind_counts(budget, groups, [flat, steep], 0.5)
+    assert kind[0] == kind[1]
+    # same kept fraction in both layers, scaled so that the parameter budget holds
+    assert abs(budget.sparsity(kind) - 0.5) <= abs(budget.sparsity([kind[0] + 1] * 2) - 0.5)
+    assert abs(budget.sparsity(kind) - 0.5) <= abs(budget.sparsity([kind[0] - 1] * 2) - 0.5)
+
+
+def test_kind_allocation_keeps_one_fraction_per_kind_on_bert() -> None:
+    """Heads and FFN neurons may keep different fractions; layers of one kind keep the same."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    model = BertForSequenceClassification(config)
+    inputs = {"input_ids": torch.randint(0, 50, (64, 12)), "labels": torch.randint(0, 2, (64,))}
+    masks = select_units(model, "mi", 0.5, inputs, allocation="kind")
+    heads = {int(mask.sum()) for name, mask in masks.items() if name.endswith("heads")}
+    ffn = {int(mask.sum()) for name, mask in masks.items() if name.endswith("ffn")}
+    assert len(heads) == 1 and len(ffn) == 1
+    assert abs(unit_sparsity(model, unit_groups(model), masks) - 0.5) < 0.05
