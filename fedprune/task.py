@@ -117,7 +117,8 @@ def _all_clients(key: tuple) -> tuple[ClientData, ...]:
     tokens = tokenize(datasets.concatenate_datasets(parts), load_tokenizer(pretrained), max_length,
                       cache_dir=token_cache())
     inputs = pack_tokens(tokens["input_ids"], tokens["attention_mask"])
-    pieces = list(zip(inputs.split([len(p) for p in parts]), tokens["labels"].split([len(p) for p in parts])))
+    sizes = [len(part) for part in parts]
+    pieces = list(zip(inputs.split(sizes), tokens["labels"].split(sizes)))
     return tuple(ClientData(*pieces[2 * c], *pieces[2 * c + 1]) for c in range(num_clients))
 
 

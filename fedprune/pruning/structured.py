@@ -166,13 +166,24 @@ def kind_counts(budget: ParamBudget, groups: list[UnitGroup], rankings: list[Ran
                 sparsity: float) -> list[int]:
     """``global_counts`` pooled per kind, then spread as one kept fraction per kind."""
     kept = global_counts(budget, rankings, sparsity)
+    kinds = [kind_of(group.name) for group in groups]
     totals: dict[str, list[int]] = {}
-    for group, count in zip(groups, kept):
-        total = totals.setdefault(kind_of(group.name), [0, 0])
+    for kind, group, count in zip(kinds, groups, kept):
+        total = totals.setdefault(kind, [0, 0])
         total[0] += count
         total[1] += group.size
-    shares = [totals[kind_of(g.name)][0] / totals[kind_of(g.name)][1] for g in groups]
+    shares = [totals[kind][0] / totals[kind][1] for kind in kinds]
     return uniform_counts(budget, [group.size for group in groups], sparsity, shares)
+
+
+def allocated_counts(allocation: str, budget: ParamBudget, groups: list[UnitGroup],
+                     rankings: list[Ranking], sparsity: float, uniform: list[int]) -> list[int]:
+    """Kept units per group under ``allocation`` (``uniform`` returns the given ``uniform`` counts)."""
+    if allocation == "global":
+        return global_counts(budget, rankings, sparsity)
+    if allocation == "kind":
+        return kind_counts(budget, groups, rankings, sparsity)
+    return uniform
 
 
 def _ranking(scores: torch.Tensor) -> Ranking:
@@ -383,8 +394,7 @@ def select_units(
         full = allocation != "uniform"
         rankings = _mi_rankings(groups, acts, found, counts, estimator, greedy, full)
         if full:
-            counts = (global_counts(budget, rankings, sparsity) if allocation == "global"
-                      else kind_counts(budget, groups, rankings, sparsity))
+            counts = allocated_counts(allocation, budget, groups, rankings, sparsity, counts)
             rankings = _mi_rankings(groups, acts, found, counts, estimator, greedy, False)
         return _masks(groups, rankings, counts)
     if method == "l1":
@@ -392,8 +402,4 @@ def select_units(
     else:
         generator = torch.Generator().manual_seed(seed)
         rankings = [_ranking(torch.rand(group.size, generator=generator)) for group in groups]
-    if allocation == "global":
-        counts = global_counts(budget, rankings, sparsity)
-    elif allocation == "kind":
-        counts = kind_counts(budget, groups, rankings, sparsity)
-    return _masks(groups, rankings, counts)
+    return _masks(groups, rankings, allocated_counts(allocation, budget, groups, rankings, sparsity, counts))
