@@ -80,6 +80,7 @@ class ExperimentConfig:
     fedrep_head_epochs: int = 0
     personal_fraction: float = 0.0
     finetune_epochs: int = 1
+    finetune_learning_rate: float = 0.0  # 0: learning_rate
     global_mask: str = "none"
     vote_threshold: float = 0.5
     # device classes: [[device_profiles]] tables (name, max_flops, max_param_bytes, threads,
@@ -187,10 +188,15 @@ def _check_ranges(cfg: ExperimentConfig, num_examples: int, num_groups: int) -> 
         assign_profiles([DeviceProfile.from_mapping(p) for p in cfg.device_profiles], cfg.num_clients)
     except ValueError as error:
         raise ConfigError(f"device_profiles: {error}") from None
+    post = [m for m in cfg.methods if METHODS[m].post_training]
+    need(not (cfg.device_profiles and post),
+         f"device_profiles: not supported by {', '.join(post)} (it prunes every client to final_sparsity)")
     need(cfg.prune_start_round >= 1, f"prune_start_round: {cfg.prune_start_round} must be at least 1")
     need(cfg.prune_end_round >= cfg.prune_start_round,
          f"prune_end_round: {cfg.prune_end_round} must be at least prune_start_round ({cfg.prune_start_round})")
     need(cfg.learning_rate > 0, f"learning_rate: {cfg.learning_rate} must be positive")
+    need(cfg.finetune_learning_rate >= 0,
+         f"finetune_learning_rate: {cfg.finetune_learning_rate} must be at least 0 (0: learning_rate)")
     need(0.0 <= cfg.momentum < 1.0, f"momentum: {cfg.momentum} is outside the allowed range [0, 1)")
     need(cfg.dirichlet_alpha > 0, f"dirichlet_alpha: {cfg.dirichlet_alpha} must be positive")
     need(cfg.num_cpus_per_client > 0, f"num_cpus_per_client: {cfg.num_cpus_per_client} must be positive")

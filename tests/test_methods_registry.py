@@ -1,5 +1,5 @@
 """Every registered method runs train + evaluate through the handlers; local sends nothing;
-fedavg-ft fine-tunes before evaluating."""
+fedavg-ft fine-tunes before evaluating; mi-post prunes, refits and fine-tunes at evaluation."""
 
 from __future__ import annotations
 
@@ -39,11 +39,12 @@ def expected_strategy(method: str) -> type:
 
 def test_registry_is_what_the_comparison_needs() -> None:
     assert set(METHODS) == {"fedavg", "fedavg-ft", "local", "gmp", "gmp-global", "movement", "random", "mi",
-                            "l1-structured", "random-structured", "small-dense"}
+                            "l1-structured", "random-structured", "small-dense", "mi-post"}
     for name, method in METHODS.items():
         assert method.name == name and method.summary
         assert method.aggregation == ("dense" if method.pruning == "none" else "masked")
-    assert [m for m in METHODS if METHODS[m].finetune] == ["fedavg-ft"]
+    assert [m for m in METHODS if METHODS[m].finetune] == ["fedavg-ft", "mi-post"]
+    assert [m for m in METHODS if METHODS[m].post_training] == ["mi-post"]
     assert [m for m in METHODS if not METHODS[m].federated] == ["local"]
 
 
@@ -81,13 +82,14 @@ def test_every_method_trains_and_evaluates(task_identity, cfg, method: str) -> N
             assert m["num-examples"] == len(clients_data(cfg)[partition].test_y)
             assert 0.0 <= m["accuracy"] <= 1.0
             sparsity = m["sparsity"]
-            # after round 2 (the end of the schedule) pruned methods are at 0.5, dense ones at 0
-            if server_round == 2 and METHODS[method].pruning != "none":
+            # after round 2 (the end of the schedule) pruned methods are at 0.5, dense ones at 0;
+            # post-training methods prune every evaluated personal model to 0.5
+            if METHODS[method].post_training or (server_round == 2 and METHODS[method].pruning != "none"):
                 assert abs(sparsity - 0.5) <= 0.05, (method, sparsity)
             if server_round == 1 and METHODS[method].pruning == "random":
                 # drawn once at the first pruning round, straight at the final sparsity
                 assert abs(sparsity - 0.5) <= 0.01, sparsity
-            elif METHODS[method].pruning == "none":
+            elif METHODS[method].pruning == "none" and not METHODS[method].post_training:
                 assert sparsity == 0.0
     # after two rounds everyone is above chance (0.1) on average
     assert np.mean([float(a.content["metrics"]["accuracy"]) for a in answers]) > 0.15
@@ -185,3 +187,75 @@ def test_fedavg_ft_without_finetune_epochs_is_fedavg(task_identity, monkeypatch)
     tuned, tuned_model = evaluate_capturing("fedavg-ft", cfg, received, monkeypatch)
     assert all(torch.equal(tuned_model[k], received[k]) for k in received)
     assert tuned == pytest.approx(by_hand_accuracy(cfg, received))
+
+
+# ---- mi-post: dense training, personal pruning at evaluation ----------------------------
+def test_mi_post_evaluates_a_squeezed_personal_model_and_reports_its_units(task_identity, cfg,
+                                                                           monkeypatch) -> None:
+    received = {k: v.detach().clone() for k, v in initial_model(cfg).state_dict().items()}
+    _, evaluated = evaluate_capturing("mi-post", cfg, received, monkeypatch)
+    # the evaluated model is the squeezed one: 16 hidden units -> 8 (parameter sparsity 0.5)
+    assert evaluated["body.0.weight"].shape[0] == 8 and evaluated["head.weight"].shape[1] == 8
+    config = ConfigRecord({"encoding": "dense", "mask-digest": 0, "method": "mi-post", "server-round": 3})
+    message = Message(RecordDict({"arrays": wire.pack(received, None), "config": config}),
+                      dst_node_id=1, message_type=MessageType.EVALUATE)
+    context = Context(run_id=0, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
+                      state=RecordDict(), run_config={})
+    answer = client_app.handle_evaluate(message, context, cfg)
+    units = wire.units_in(answer.content["arrays"], {"body.0": 16})
+    assert int(units["body.0"].sum()) == 8
+    assert float(answer.content["metrics"]["sparsity"]) == pytest.approx(0.5, abs=0.05)
+    # the client keeps nothing between evaluations: no personal mask in its memory
+    assert len(context.state) == 0
+
+
+def test_mi_post_reply_without_units_is_rejected(task_identity, cfg, tmp_path) -> None:
+    from fedprune.server.loop import evaluate_personal
+
+    template = {k: v.detach().clone() for k, v in initial_model(cfg, "mi-post").state_dict().items()}
+    strategy = make_strategy(cfg, "mi-post", template, dict(NODES))
+    arrays = ArrayRecord({k: Array(v.numpy()) for k, v in template.items()})
+
+    class DroppingUnits(LocalGrid):
+        def send_and_receive(self, messages, timeout=None):
+            replies = list(super().send_and_receive(messages, timeout))
+            for reply in replies:
+                if int(reply.content["metrics"]["partition-id"]) == 1:
+                    del reply.content["arrays"]
+            return replies
+
+    recorder = Recorder(tmp_path)
+    tally = MethodTally("mi-post")
+    counting = CountingGrid(DroppingUnits(cfg, dict(NODES)), recorder, dict(NODES))
+    evaluate_personal(strategy, counting, tally, recorder, arrays, 1, all_clients=True)
+    recorder.close()
+    assert set(tally.personal_accuracy) == {0} and set(strategy.post_units) == {0}
+    assert [p for p, _ in strategy.rejected] == [1]
+    masks, units = strategy.personal_structure(0)
+    assert int(units["body.0"].sum()) == 8 and masks["body.0.weight"].sum() == 8 * masks["body.0.weight"].shape[1]
+
+
+def test_mi_post_refuses_device_profiles() -> None:
+    from fedprune.config import ConfigError
+
+    profile = {"name": "phone", "max_flops": 1000, "fraction": 1.0}
+    with pytest.raises(ConfigError, match="device_profiles: not supported by mi-post"):
+        make_config({**CFG, "methods": ["mi-post"], "device_profiles": [profile]})
+
+
+@pytest.mark.parametrize("method", ["fedavg-ft", "mi-post"])
+def test_methods_that_train_like_fedavg_reach_fedavg_s_global_model(task_identity, cfg, method) -> None:
+    def global_after_two_rounds(name: str) -> dict[str, np.ndarray]:
+        template = {k: v.detach().clone() for k, v in initial_model(cfg, name).state_dict().items()}
+        strategy = make_strategy(cfg, name, template, dict(NODES))
+        grid = LocalGrid(cfg, dict(NODES))
+        arrays = ArrayRecord({k: Array(v.numpy()) for k, v in template.items()})
+        for server_round in (1, 2):
+            messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+            arrays, _ = strategy.aggregate_train(server_round, grid.send_and_receive(messages, timeout=60))
+        return {k: v.numpy() for k, v in arrays.items()}
+
+    reference, paired = global_after_two_rounds("fedavg"), global_after_two_rounds(method)
+    assert all(np.array_equal(reference[k], paired[k]) for k in reference)
+    # ... which is not a property of any two dense methods: small-dense trains its own model
+    assert METHODS[method].trains_like == "fedavg" and not METHODS["small-dense"].trains_like

@@ -241,7 +241,8 @@ def test_tiny_bert_flops_hand_count(cfg) -> None:
 def run(amazon, tmp_path_factory) -> tuple[Path, list[dict]]:
     from fedprune.sim.runner import simulate
 
-    cfg = make_config(settings(amazon, methods=["fedavg", "gmp", "movement", "mi"], freeze_embeddings=True))
+    cfg = make_config(settings(amazon, methods=["fedavg", "gmp", "movement", "mi", "mi-post"],
+                               freeze_embeddings=True, finetune_learning_rate=1e-4))
     out = tmp_path_factory.mktemp("text-run") / "run"
     return out, simulate(cfg, out)
 
@@ -250,13 +251,17 @@ def run(amazon, tmp_path_factory) -> tuple[Path, list[dict]]:
 def test_end_to_end_rows_and_sparsity(run) -> None:
     out, rows = run
     by_method = {row["method"]: row for row in rows}
-    assert set(by_method) == {"fedavg", "gmp", "movement", "mi"}
-    for method in ("gmp", "movement", "mi"):
+    assert set(by_method) == {"fedavg", "gmp", "movement", "mi", "mi-post"}
+    for method in ("gmp", "movement", "mi", "mi-post"):
         assert by_method[method]["sparsity"] == pytest.approx(0.5, abs=0.02)
+    for method in ("gmp", "movement", "mi"):
         assert by_method[method]["bytes_up"] < by_method["fedavg"]["bytes_up"]
+    # mi-post trains dense: it sends what fedavg sends, plus the unit masks of its evaluations
+    assert 0 < by_method["mi-post"]["bytes_up"] - by_method["fedavg"]["bytes_up"] < 1000
     for row in rows:
         assert 0.0 <= row["personal_accuracy_mean"] <= 1.0 and row["latency_ms_mean"] > 0
-    assert by_method["mi"]["flops_mean"] < 0.6 * by_method["fedavg"]["flops_mean"]
+    for method in ("mi", "mi-post"):
+        assert by_method[method]["flops_mean"] < 0.6 * by_method["fedavg"]["flops_mean"]
     assert by_method["gmp"]["flops_mean"] == by_method["fedavg"]["flops_mean"]  # unstructured: dense kernels
     summary = json.loads((out / "summary.json").read_text())
     assert [r["method"] for r in summary["methods"]] == [r["method"] for r in rows]
@@ -292,3 +297,4 @@ def test_fedprune_device_rebuilds_text_personal_models(run) -> None:
     assert {(r["method"], r["client"]) for r in measured} == {(m["method"], c) for m in rows for c in (0, 1)}
     flops = {r["method"]: r["flops"] for r in measured if r["client"] == 0}
     assert flops["mi"] < 0.6 * flops["fedavg"] and flops["gmp"] == flops["fedavg"]
+    assert flops["mi-post"] < 0.6 * flops["fedavg"]

@@ -15,6 +15,7 @@ in ``Context.state`` (``ClientMemory``).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import zlib
 
@@ -27,7 +28,13 @@ from fedprune import partial, wire
 from fedprune.clients.local import accuracy, train_local
 from fedprune.clients import budgets
 from fedprune.clients.state import ClientMemory
-from fedprune.clients.structured import UnitMasks, param_masks, select_personal_units, train_squeezed
+from fedprune.clients.structured import (
+    UnitMasks,
+    param_masks,
+    post_training_model,
+    select_personal_units,
+    train_squeezed,
+)
 from fedprune.device.budget import fit_sparsity
 from fedprune.config import ExperimentConfig, config_from_run_config
 from fedprune.methods import METHODS, Method
@@ -188,7 +195,7 @@ def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> M
     model, masks = receive(message, cfg, method, memory, partition)
 
     started = time.perf_counter()
-    generator = torch.Generator().manual_seed(_seed(cfg, method.name, partition, server_round))
+    generator = torch.Generator().manual_seed(_seed(cfg, method.trains_like or method.name, partition, server_round))
     scores = None
     if method.pruning == "movement":
         scores = MovementScores(model, list(full_masks(model)), memory.scores())
@@ -242,28 +249,40 @@ def handle_evaluate(message: Message, context: Context, cfg: ExperimentConfig) -
     """Accuracy of the personal model on the client's local test part.
 
     The personal model is the server's values under the personal mask (plus the
-    client's own personal tensors); ``fedavg-ft`` fine-tunes it locally first.
+    client's own personal tensors); ``post_training`` methods prune the received dense
+    model here (and report the unit masks they chose); ``finetune`` methods fine-tune
+    the personal model locally first (``finetune_learning_rate``).
     """
     torch.set_num_threads(1)
     config = message.content["config"]
     method = METHODS[str(config["method"])]
+    server_round = int(config["server-round"])
     partition = int(context.node_config["partition-id"])
     data = clients_data(cfg)[partition]
     memory = ClientMemory(context.state, method.name)
     model, masks = receive(message, cfg, method, memory, partition)
     units = memory.units() if method.pruning == "structured" else None
-    if units:
+    if method.post_training:
+        full = model
+        model, units = post_training_model(full, method.selector, cfg.final_sparsity, data.train_x, data.train_y,
+                                           cfg, _seed(cfg, "post", partition, server_round))
+        masks = param_masks(full, units)
+    elif units:
         model = squeeze(model, units)  # the personal model a device would run
     if method.finetune:
-        generator = torch.Generator().manual_seed(_seed(cfg, "finetune", partition, config["server-round"]))
-        _train(model, cfg, data, None if units else masks, cfg.finetune_epochs, generator)
+        generator = torch.Generator().manual_seed(_seed(cfg, "finetune", partition, server_round))
+        tuning = dataclasses.replace(cfg, learning_rate=cfg.finetune_learning_rate or cfg.learning_rate)
+        _train(model, tuning, data, None if units else masks, cfg.finetune_epochs, generator)
     metrics = MetricRecord({
         "num-examples": len(data.test_y),
         "accuracy": accuracy(model, data.test_x, data.test_y),
         "sparsity": mask_sparsity(masks or {}),
         "partition-id": partition,
     })
-    return Message(RecordDict({"metrics": metrics}), reply_to=message)
+    content = RecordDict({"metrics": metrics})
+    if method.post_training:
+        content["arrays"] = wire.pack({}, None, units=units)
+    return Message(content, reply_to=message)
 
 
 def handle_query(message: Message, context: Context) -> Message:

@@ -10,6 +10,7 @@ from torch import nn
 from fedprune.config import ExperimentConfig
 from fedprune.models.structure import expand_unit_mask, unit_groups, weight_names
 from fedprune.pruning.masks import Masks
+from fedprune.pruning.reconstruct import reconstruct
 from fedprune.pruning.squeeze import expand, squeeze
 from fedprune.pruning.structured import select_units
 
@@ -59,3 +60,19 @@ def train_squeezed(model: nn.Module, units: UnitMasks, train: Callable[[nn.Modul
     loss = train(small)
     model.load_state_dict(expand(small, model, units))
     return loss
+
+
+#: at most this many local examples calibrate the post-training refit (one forward pass)
+CALIBRATION_ROWS = 512
+
+
+def post_training_model(model: nn.Module, selector: str, sparsity: float, x: torch.Tensor, y: torch.Tensor,
+                        cfg: ExperimentConfig, seed: int) -> tuple[nn.Module, UnitMasks]:
+    """Prune the trained dense ``model`` after training: units at ``sparsity`` chosen on
+    ``(x, y)``, squeezed, and the layers reading pruned units refit towards ``model``
+    (``fedprune.pruning.reconstruct``) on the first ``CALIBRATION_ROWS`` of ``x``.
+    Returns the squeezed personal model and its unit masks; ``model`` is unchanged."""
+    units = select_personal_units(model, selector, sparsity, None, x, y, cfg, seed)
+    small = squeeze(model, units)
+    reconstruct(small, model, units, x[:CALIBRATION_ROWS])
+    return small, units

@@ -122,12 +122,13 @@ def make_strategy(cfg: ExperimentConfig, method: str, template: dict[str, torch.
                   frozen=frozen_names(cfg, list(template)))
     if not METHODS[method].federated:
         return LocalOnly(template, partition_of, method, **common)
-    if METHODS[method].pruning == "structured":
+    if METHODS[method].pruning == "structured" or METHODS[method].post_training:
         model = new_model(cfg, method)
         groups = unit_groups(model)
-        structure = UnitStructure({g.name: g.size for g in groups},
-                                  lambda units: expand_unit_mask(model, groups, units))
-        return MaskedFedAvg(template, partition_of, method, structure=structure, **common)
+        common["structure"] = UnitStructure({g.name: g.size for g in groups},
+                                            lambda units: expand_unit_mask(model, groups, units))
+    if METHODS[method].pruning == "structured":
+        return MaskedFedAvg(template, partition_of, method, **common)
     if METHODS[method].aggregation == "dense" and not partial_updates:
         return DenseFedAvg(template, partition_of, method, **common)
     # One global mask is for unstructured masks (a union of squeezed models is not squeezed).
@@ -177,8 +178,9 @@ def run_method(cfg: ExperimentConfig, method: str, grid: CountingGrid, recorder:
     final = {k: torch.from_numpy(v.numpy().copy()) for k, v in arrays.items()}
     partitions = sorted(grid.partition_of.values())
     save_personal_models(recorder.out_dir / "models" / f"{method}.pt", final, strategy)
-    costs = personal_costs(cfg, method, final, {p: strategy.client_masks.get(p) for p in partitions},
-                           {p: strategy.client_units.get(p) for p in partitions}, profile_threads(cfg))
+    structures = {p: strategy.personal_structure(p) for p in partitions}
+    costs = personal_costs(cfg, method, final, {p: masks for p, (masks, _) in structures.items()},
+                           {p: units for p, (_, units) in structures.items()}, profile_threads(cfg))
     for partition, cost in costs.items():
         recorder.write(method=method, round=cfg.rounds, phase="device", client=partition, **cost)
     row.update(mean_costs(costs))
@@ -207,7 +209,9 @@ def save_personal_models(path: Path, global_state: dict[str, torch.Tensor],
     """What the server knows of every personal model: the global tensors and each client's
     mask (and unit masks); ``fedprune device`` rebuilds the personal models from it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"global": global_state, "masks": strategy.client_masks, "units": strategy.client_units}, path)
+    structures = {p: strategy.personal_structure(p) for p in sorted(set(strategy.client_masks) | set(strategy.post_units))}
+    torch.save({"global": global_state, "masks": {p: m for p, (m, _) in structures.items() if m is not None},
+                "units": {p: u for p, (_, u) in structures.items() if u is not None}}, path)
 
 
 def evaluate_personal(strategy: PersonalizedStrategy, grid: CountingGrid, tally: MethodTally,
@@ -221,6 +225,13 @@ def evaluate_personal(strategy: PersonalizedStrategy, grid: CountingGrid, tally:
             continue
         metrics: MetricRecord = reply.content["metrics"]
         partition = int(metrics["partition-id"])
+        if METHODS[tally.method].post_training:
+            try:
+                strategy.note_post_units(partition, reply.content["arrays"])
+            except (KeyError, ValueError) as error:
+                strategy.rejected.append((partition, f"round {server_round} evaluate: {error}"))
+                continue
+            tally.sparsity[partition] = float(metrics["sparsity"])
         tally.personal_accuracy[partition] = float(metrics["accuracy"])
         recorder.write(method=tally.method, round=server_round, phase="personal", client=partition,
                        accuracy=metrics["accuracy"], sparsity=metrics["sparsity"],

@@ -65,6 +65,8 @@ class PersonalizedStrategy(FedAvg):
         self.frozen: Masks = partial.nothing_of(template, frozen)
         self.client_masks: dict[int, Masks] = {}
         self.client_units: dict[int, Masks] = {}
+        # unit masks that post-training clients chose for their personal models (never sent to them)
+        self.post_units: dict[int, Masks] = {}
         self.known: set[int] = set()
         self.rejected: list[tuple[int, str]] = []
         self.global_state: dict[str, torch.Tensor] = {}
@@ -144,6 +146,20 @@ class PersonalizedStrategy(FedAvg):
         if units:
             self.client_units[partition] = units
         return state, sent, weight
+
+    def note_post_units(self, partition: int, record: ArrayRecord) -> None:
+        """Keep the unit masks an evaluate reply reports; raises ValueError on a malformed record."""
+        units = wire.units_in(record, self.structure.sizes) if self.structure else {}
+        if set(units) != set(self.structure.sizes if self.structure else ()):
+            raise ValueError("evaluate reply: unit masks missing for some groups")
+        self.post_units[partition] = units
+
+    def personal_structure(self, partition: int) -> tuple[Masks | None, Masks | None]:
+        """The entry masks and unit masks of ``partition``'s personal model (None: dense or unknown)."""
+        if partition in self.post_units:
+            units = self.post_units[partition]
+            return self.structure.expand(units), units
+        return self.client_masks.get(partition), self.client_units.get(partition)
 
     def valid_replies(self, replies: Iterable[Message]) -> list[tuple[int, Decoded, Message]]:
         """Decoded good replies sorted by partition id; faulty ones are logged and dropped."""
