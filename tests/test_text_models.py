@@ -221,6 +221,17 @@ def test_frozen_embeddings_never_travel_nor_change(task_identity, amazon) -> Non
     assert not torch.equal(trained["net.classifier.weight"], start["net.classifier.weight"])
 
 
+def test_training_does_not_depend_on_the_worker_s_random_state(task_identity, amazon) -> None:
+    cfg = make_config(settings(amazon, methods=["fedavg"]))
+    start = {k: v.detach().clone() for k, v in initial_model(cfg).state_dict().items()}
+    replies = []
+    for noise in (1, 2):
+        torch.manual_seed(noise)  # whatever ran before in this process (dropout draws from it)
+        reply = handle_train(server_message(start, "fedavg", []), new_context(0), cfg)
+        replies.append({k: v.numpy() for k, v in reply.content["arrays"].items()})
+    assert all((replies[0][k] == replies[1][k]).all() for k in replies[0])
+
+
 # --------------------------------------------------------------------------- device cost
 
 
@@ -257,7 +268,8 @@ def test_end_to_end_rows_and_sparsity(run) -> None:
     for method in ("gmp", "movement", "mi"):
         assert by_method[method]["bytes_up"] < by_method["fedavg"]["bytes_up"]
     # mi-post trains dense: it sends what fedavg sends, plus the unit masks of its evaluations
-    assert 0 < by_method["mi-post"]["bytes_up"] - by_method["fedavg"]["bytes_up"] < 1000
+    extra = by_method["mi-post"]["bytes_up"] - by_method["fedavg"]["bytes_up"]
+    assert 0 < extra < 0.01 * by_method["fedavg"]["bytes_up"]
     for row in rows:
         assert 0.0 <= row["personal_accuracy_mean"] <= 1.0 and row["latency_ms_mean"] > 0
     for method in ("mi", "mi-post"):

@@ -50,6 +50,14 @@ def _seed(cfg: ExperimentConfig, *parts: object) -> int:
     return zlib.crc32("/".join(str(p) for p in (cfg.seed, *parts)).encode())
 
 
+def _training_generator(cfg: ExperimentConfig, *parts: object) -> torch.Generator:
+    """A seeded generator for the data order; torch's global RNG, which dropout draws from,
+    is seeded alike, so training does not depend on what the worker process ran before."""
+    seed = _seed(cfg, *parts)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
 def keeps_own_tensors(cfg: ExperimentConfig, method: Method) -> bool:
     """Whether the client must remember its own tensors between rounds."""
     return not method.federated or cfg.personal_layers != "none" or cfg.personal_fraction > 0
@@ -195,7 +203,8 @@ def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> M
     model, masks = receive(message, cfg, method, memory, partition)
 
     started = time.perf_counter()
-    generator = torch.Generator().manual_seed(_seed(cfg, method.trains_like or method.name, partition, server_round))
+    stream = method.trains_like or method.name
+    generator = _training_generator(cfg, stream, partition, server_round)
     scores = None
     if method.pruning == "movement":
         scores = MovementScores(model, list(full_masks(model)), memory.scores())
@@ -270,7 +279,7 @@ def handle_evaluate(message: Message, context: Context, cfg: ExperimentConfig) -
     elif units:
         model = squeeze(model, units)  # the personal model a device would run
     if method.finetune:
-        generator = torch.Generator().manual_seed(_seed(cfg, "finetune", partition, server_round))
+        generator = _training_generator(cfg, "finetune", partition, server_round)
         tuning = dataclasses.replace(cfg, learning_rate=cfg.finetune_learning_rate or cfg.learning_rate)
         _train(model, tuning, data, None if units else masks, cfg.finetune_epochs, generator)
     metrics = MetricRecord({

@@ -207,9 +207,12 @@ def record_train_metrics(replies: list[Message], tally: MethodTally, recorder: R
 def save_personal_models(path: Path, global_state: dict[str, torch.Tensor],
                          strategy: PersonalizedStrategy) -> None:
     """What the server knows of every personal model: the global tensors and each client's
-    mask (and unit masks); ``fedprune device`` rebuilds the personal models from it."""
+    mask (and unit masks; for post-training methods the ones reported at evaluation, whose
+    refit values stay on the client); ``fedprune device`` rebuilds the personal models from
+    it (structure, hence cost, is exact)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    structures = {p: strategy.personal_structure(p) for p in sorted(set(strategy.client_masks) | set(strategy.post_units))}
+    clients = sorted(set(strategy.client_masks) | set(strategy.post_units))
+    structures = {p: strategy.personal_structure(p) for p in clients}
     torch.save({"global": global_state, "masks": {p: m for p, (m, _) in structures.items() if m is not None},
                 "units": {p: u for p, (_, u) in structures.items() if u is not None}}, path)
 
