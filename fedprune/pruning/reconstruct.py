@@ -21,14 +21,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedprune.models.structure import UnitMasks, dim_keep, unit_groups
+from fedprune.models.structure import UnitGroup, UnitMasks, dim_keep, unit_groups
 
 
-def consumer_linears(model: nn.Module) -> list[str]:
-    """Names of the ``nn.Linear`` modules whose input columns belong to a unit group, in forward order."""
+def consumer_linears(model: nn.Module, groups: list[UnitGroup] | None = None) -> list[str]:
+    """Names of the ``nn.Linear`` modules whose input columns belong to a unit group
+    (``groups``, default ``unit_groups(model)``), in forward order."""
     modules = dict(model.named_modules())
     names = []
-    for group in unit_groups(model):
+    for group in groups if groups is not None else unit_groups(model):
         for piece in group.slices:
             module = piece.param.rsplit(".", 1)[0]
             if piece.dim == 1 and isinstance(modules.get(module), nn.Linear) and module not in names:
@@ -71,10 +72,10 @@ def reconstruct(small: nn.Module, teacher: nn.Module, units: UnitMasks, x: torch
     is fit to the teacher's outputs of the kept units only. Returns the names of the
     refit layers; layers without a bias are left alone.
     """
-    names = [name for name in consumer_linears(teacher)
-             if dict(small.named_modules())[name].bias is not None]
-    kept_rows = {name: dims[0] for name, dims in dim_keep(teacher, unit_groups(teacher), units).items()
-                 if 0 in dims}
+    groups = unit_groups(teacher)
+    teacher_modules, small_modules = dict(teacher.named_modules()), dict(small.named_modules())
+    names = [name for name in consumer_linears(teacher, groups) if small_modules[name].bias is not None]
+    kept_rows = {name: dims[0] for name, dims in dim_keep(teacher, groups, units).items() if 0 in dims}
     token_mask = getattr(teacher, "token_mask", None)
     token_mask = None if token_mask is None else token_mask(x)
     wanted: dict[str, torch.Tensor] = {}
@@ -95,11 +96,11 @@ def reconstruct(small: nn.Module, teacher: nn.Module, units: UnitMasks, x: torch
     handles = []
     try:
         teacher.eval(), small.eval()
-        handles = [dict(teacher.named_modules())[n].register_forward_hook(remember(n)) for n in names]
+        handles = [teacher_modules[n].register_forward_hook(remember(n)) for n in names]
         teacher(x)
         for handle in handles:
             handle.remove()
-        handles = [dict(small.named_modules())[n].register_forward_hook(refit(n)) for n in names]
+        handles = [small_modules[n].register_forward_hook(refit(n)) for n in names]
         small(x)
     finally:
         for handle in handles:
