@@ -209,7 +209,8 @@ def test_mi_post_evaluates_a_squeezed_personal_model_and_reports_its_units(task_
     assert len(context.state) == 0
 
 
-def test_mi_post_reply_without_units_is_rejected(task_identity, cfg, tmp_path) -> None:
+@pytest.mark.parametrize("corrupt", ["drop arrays", "empty arrays"])
+def test_mi_post_reply_without_units_is_rejected(task_identity, cfg, tmp_path, corrupt) -> None:
     from fedprune.server.loop import evaluate_personal
 
     template = {k: v.detach().clone() for k, v in initial_model(cfg, "mi-post").state_dict().items()}
@@ -222,6 +223,8 @@ def test_mi_post_reply_without_units_is_rejected(task_identity, cfg, tmp_path) -
             for reply in replies:
                 if int(reply.content["metrics"]["partition-id"]) == 1:
                     del reply.content["arrays"]
+                    if corrupt == "empty arrays":  # a record that names no group
+                        reply.content["arrays"] = ArrayRecord()
             return replies
 
     recorder = Recorder(tmp_path)

@@ -148,9 +148,10 @@ class PersonalizedStrategy(FedAvg):
         return state, sent, weight
 
     def note_post_units(self, partition: int, record: ArrayRecord) -> None:
-        """Keep the unit masks an evaluate reply reports; raises ValueError on a malformed record."""
-        units = wire.units_in(record, self.structure.sizes) if self.structure else {}
-        if set(units) != set(self.structure.sizes if self.structure else ()):
+        """Keep the unit masks an evaluate reply reports (strategies of post-training methods,
+        which have a ``structure``); raises ValueError on a malformed record."""
+        units = wire.units_in(record, self.structure.sizes)
+        if set(units) != set(self.structure.sizes):
             raise ValueError("evaluate reply: unit masks missing for some groups")
         self.post_units[partition] = units
 
