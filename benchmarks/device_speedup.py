@@ -8,7 +8,7 @@ initialised model are timed with ``fedprune.device.measure_latency``:
   sparsity over the same weights, applied to a copy of the dense model. The zeros go
   through the same dense kernels, so this shows the speedup unstructured masks give on a
   CPU without sparse kernels: none.
-* ``squeezed``: structured selection (``select_units(method="l1")``, uniform allocation)
+* ``squeezed``: structured selection (``select_units`` with ``L1Selector``, uniform allocation)
   then ``squeeze()``: a smaller dense model. L1 is used because MI scores need data; at
   equal per-group counts (uniform allocation) the selection method does not change the
   squeezed shapes, hence not the latency.
@@ -50,7 +50,7 @@ from torch import nn
 from fedprune.device import flops_per_example, measure_latency
 from fedprune.models import MLP
 from fedprune.models.structure import unit_groups, weight_names
-from fedprune.pruning import apply_masks, magnitude_masks, mask_sparsity, masked, select_units, squeeze
+from fedprune.pruning import L1Selector, apply_masks, magnitude_masks, mask_sparsity, masked, select_units, squeeze
 from fedprune.pruning.structured import unit_sparsity
 
 MODELS = ("mlp", "bert")
@@ -166,7 +166,7 @@ def run(models: Sequence[str], sparsities: Sequence[float], threads: Sequence[in
         names = weight_names(work.model, groups)
         dense_flops = flops_per_example(work.model, work.inputs, work.batch)
         for sparsity in sparsities:
-            unit_masks = select_units(work.model, "l1", sparsity, groups=groups)
+            unit_masks = select_units(work.model, L1Selector(), sparsity, groups=groups)
             small = squeeze(work.model, unit_masks, groups).eval()
             achieved = unit_sparsity(work.model, groups, unit_masks)
             squeezed_flops = flops_per_example(small, work.inputs, work.batch)
@@ -252,7 +252,7 @@ def format_table(rows: list[dict], titles: list[str], min_run_time: float, repea
         "struct_sp = achieved structured sparsity (integer unit counts).",
         "masked = unstructured per-layer magnitude masks at the same sparsity on the dense model: "
         "same dense kernels, so it brings no speedup (masked_x ~ 1).",
-        "squeezed = select_units(method='l1', uniform allocation) + squeeze(). L1 needs no data "
+        "squeezed = select_units(L1Selector(), uniform allocation) + squeeze(). L1 needs no data "
         "(MI scores would); at equal per-group counts the method does not change the shapes.",
         "flop_limit = FLOPs(dense) / FLOPs(squeezed) by FlopCounterMode, which counts matmuls only "
         "(Linear layers; CPU scaled_dot_product_attention is not counted); embeddings, LayerNorm, "

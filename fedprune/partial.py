@@ -3,8 +3,8 @@
 Two kinds of personal parameters, combinable with any pruning method:
 
 - personal layers (FedPer, Arivazhagan et al. 2019; FedRep, Collins et al. 2021):
-  ``personal_layers = "head"`` keeps the classifier head (``head.*`` or
-  ``[...].classifier.*``) on the client forever;
+  ``personal_layers = "head"`` keeps the classifier head (the tensors the model family
+  names in ``ModelFamily.head_names``) on the client forever;
 - random partial updates (SRP-pFed): ``personal_fraction = p`` makes a random
   fraction p of every other tensor's entries personal, drawn anew each round from
   (seed, client, round), so client and server derive the same split without
@@ -17,25 +17,15 @@ Pure torch, no Flower import.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 
 import torch
 
 from fedprune.pruning.masks import Masks
+from fedprune.seeds import derive_seed
 
 PERSONAL_LAYERS = ("none", "head")
-HEAD_MODULES = frozenset({"head", "classifier"})
-
-
-def is_head(name: str) -> bool:
-    """True for parameters of the classifier head (a module named ``head`` or ``classifier``)."""
-    return not HEAD_MODULES.isdisjoint(name.split(".")[:-1])
-
-
-def is_embedding(name: str) -> bool:
-    """True for parameters of a transformer's embeddings module (``[...].embeddings.*``)."""
-    return "embeddings" in name.split(".")[:-1]
 
 
 def nothing_of(template: Mapping[str, torch.Tensor], names: Collection[str]) -> Masks:
@@ -43,17 +33,18 @@ def nothing_of(template: Mapping[str, torch.Tensor], names: Collection[str]) -> 
     return {name: torch.zeros(template[name].shape, dtype=torch.bool) for name in names}
 
 
-def shared_masks(template: Mapping[str, torch.Tensor], personal_layers: str, personal_fraction: float,
+def shared_masks(template: Mapping[str, torch.Tensor], personal: Collection[str], personal_fraction: float,
                  seed: int, client: int, server_round: int, frozen: Collection[str] = ()) -> Masks:
     """The entries of each tensor that client ``client`` shares in ``server_round``.
 
-    ``frozen`` tensors never change, so they never travel (both sides hold their
-    initial values).
+    ``personal`` tensors (personal layers) and ``frozen`` tensors (never changed, so both
+    sides hold their initial values) never travel; of the others a random
+    ``personal_fraction`` of the entries stays home this round.
     """
     masks: Masks = {}
-    generator = torch.Generator().manual_seed(zlib.crc32(f"srp/{seed}/{client}/{server_round}".encode()))
+    generator = torch.Generator().manual_seed(derive_seed(f"srp/{seed}", client, server_round))
     for name, tensor in template.items():
-        if name in frozen or (personal_layers == "head" and is_head(name)):
+        if name in frozen or name in personal:
             masks[name] = torch.zeros(tensor.shape, dtype=torch.bool)
         elif personal_fraction > 0:
             masks[name] = torch.rand(tensor.shape, generator=generator) >= personal_fraction
@@ -67,3 +58,25 @@ def intersect(first: Masks | None, second: Masks | None) -> Masks:
     for name, mask in second.items():
         result[name] = result[name] & mask if name in result else mask
     return result
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """Which entries a client shares in a round: everything but its personal layers, its frozen
+    tensors and (with ``fraction`` > 0) a random part drawn per client and round."""
+
+    template: Mapping[str, torch.Tensor]
+    personal: frozenset[str] = frozenset()
+    frozen: frozenset[str] = frozenset()
+    fraction: float = 0.0
+    seed: int = 0
+
+    @property
+    def partial(self) -> bool:
+        """True if some entries never reach the server."""
+        return bool(self.personal or self.frozen or self.fraction > 0)
+
+    def shared(self, client: int, server_round: int) -> Masks:
+        """``shared_masks`` of ``client`` in ``server_round`` ({}: everything is shared)."""
+        return shared_masks(self.template, self.personal, self.fraction, self.seed, client, server_round,
+                            self.frozen)

@@ -22,6 +22,13 @@ from fedprune.pruning.masks import Masks, decode_bitmap, encode_bitmap
 BITMAP_SUFFIX = "::bitmap"
 UNITS_PREFIX = "units::"
 
+# Records of a message: "arrays" (ArrayRecord), "config" (ConfigRecord, server -> client),
+# "metrics" (MetricRecord, client -> server) and "wire" (ConfigRecord, train replies).
+#: the metrics every train reply carries
+TRAIN_METRICS = ("num-examples", "train-loss", "compute-seconds", "sparsity", "partition-id", "budget-met")
+#: the metrics every evaluate reply carries
+EVALUATE_METRICS = ("num-examples", "accuracy", "sparsity", "partition-id")
+
 
 def mask_digest(masks: Masks | None) -> int:
     """CRC-32 over the packed masks in name order; 0 means "no mask" (all dense)."""
@@ -49,7 +56,7 @@ def pack(state: Mapping[str, torch.Tensor], masks: Masks | None, bitmaps: Masks 
     for name, tensor in state.items():
         values = tensor.detach().cpu()
         if name not in masks:
-            record[name] = Array(values.numpy())
+            record[name] = Array.from_torch_tensor(values)
         elif bool(masks[name].any()):
             record[name] = Array(values[masks[name]].numpy())
     for name, mask in (bitmaps or {}).items():

@@ -56,7 +56,7 @@ def make_template() -> dict[str, torch.Tensor]:
 
 
 def as_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
-    return ArrayRecord({k: Array(v.numpy()) for k, v in state.items()})
+    return ArrayRecord(state)
 
 
 def client_masks(template: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
@@ -95,6 +95,7 @@ def reply(instruction: Message, state: dict[str, torch.Tensor], masks: dict | No
         "compute-seconds": 0.01,
         "sparsity": mask_sparsity(masks or {}),
         "partition-id": partition,
+        "budget-met": -1,
     })
     config = ConfigRecord({"mask-digest": wire.mask_digest(masks) if digest is None else digest,
                            "server-round": server_round})
@@ -126,14 +127,14 @@ def start_round(strategy, server_round: int, state: dict[str, torch.Tensor]) -> 
 
 
 def as_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v.numpy().copy()) for k, v in record.items()}
+    return dict(record.to_torch_state_dict())
 
 
 def test_masked_fedavg_aggregates_per_entry(task_identity) -> None:
     template = make_template()
     masks = client_masks(template)
     states = client_states(template, masks)
-    strategy = MaskedFedAvg(template, dict(NODES), "gmp", seed=0)
+    strategy = MaskedFedAvg(template, dict(NODES), "gmp", seed=0, num_rounds=2)
     instructions = start_round(strategy, 1, template)
     assert sorted(instructions) == sorted(NODES)
     for message in instructions.values():  # first contact: the dense model
@@ -165,7 +166,7 @@ def test_masked_fedavg_second_round_sparse_both_ways(task_identity) -> None:
     template = make_template()
     masks = client_masks(template)
     states = client_states(template, masks)
-    strategy = MaskedFedAvg(template, dict(NODES), "gmp", seed=0)
+    strategy = MaskedFedAvg(template, dict(NODES), "gmp", seed=0, num_rounds=2)
     instructions = start_round(strategy, 1, template)
     arrays, _ = strategy.aggregate_train(1, [reply(instructions[n], states[p], masks[p]) for n, p in NODES.items()])
     global1 = as_tensors(arrays)
@@ -204,7 +205,7 @@ def test_aggregation_does_not_depend_on_reply_order(task_identity) -> None:
     states = client_states(template, masks)
     results = []
     for order in (list(NODES), list(reversed(NODES))):
-        strategy = MaskedFedAvg(template, dict(NODES), "gmp", seed=0)
+        strategy = MaskedFedAvg(template, dict(NODES), "gmp", seed=0, num_rounds=2)
         instructions = start_round(strategy, 1, template)
         arrays, _ = strategy.aggregate_train(1, [reply(instructions[n], states[NODES[n]], masks[NODES[n]])
                                                  for n in order])
@@ -216,7 +217,7 @@ def test_aggregation_does_not_depend_on_reply_order(task_identity) -> None:
 def test_dense_fedavg_is_plain_weighted_mean(task_identity) -> None:
     template = make_template()
     states = client_states(template, None)
-    strategy = DenseFedAvg(template, dict(NODES), "fedavg", seed=0)
+    strategy = DenseFedAvg(template, dict(NODES), "fedavg", seed=0, num_rounds=2)
     instructions = start_round(strategy, 1, template)
     replies = [reply(instructions[n], states[p], None) for n, p in NODES.items()]
     arrays, metrics = strategy.aggregate_train(1, replies)
@@ -229,8 +230,6 @@ def test_dense_fedavg_is_plain_weighted_mean(task_identity) -> None:
     assert metrics["train-loss"] == pytest.approx(0.5)
 
 
-
-
 @pytest.mark.parametrize("fault", ["nan", "wrong-digest", "no-bitmap-first-contact", "value-count",
                                    "zero-weight", "infinite-weight"])
 def test_faulty_reply_is_dropped_and_does_not_change_result(task_identity, fault: str) -> None:
@@ -238,13 +237,13 @@ def test_faulty_reply_is_dropped_and_does_not_change_result(task_identity, fault
     masks = client_masks(template)
     states = client_states(template, masks)
     # reference: only the three good clients
-    good_only = MaskedFedAvg(template, dict(NODES), "gmp", seed=0)
+    good_only = MaskedFedAvg(template, dict(NODES), "gmp", seed=0, num_rounds=2)
     instructions = start_round(good_only, 1, template)
     reference, _ = good_only.aggregate_train(1, [reply(instructions[n], states[p], masks[p])
                                                  for n, p in NODES.items()])
 
     nodes = {**NODES, 104: 3}
-    strategy = MaskedFedAvg(template, nodes, "gmp", seed=0)
+    strategy = MaskedFedAvg(template, nodes, "gmp", seed=0, num_rounds=2)
     instructions = start_round(strategy, 1, template)
     assert sorted(instructions) == sorted(nodes)
     bad_masks = {k: v.clone() for k, v in masks[0].items()}
@@ -266,7 +265,7 @@ def test_faulty_reply_is_dropped_and_does_not_change_result(task_identity, fault
         bad.content["arrays"] = record
     replies = [bad] + [reply(instructions[n], states[p], masks[p]) for n, p in NODES.items()]
     arrays, _ = strategy.aggregate_train(1, replies)
-    assert [partition for partition, _ in strategy.rejected] == [3]
+    assert [r.partition for r in strategy.rejected] == [3]
     assert 3 not in strategy.client_masks
     result, expected = as_tensors(arrays), as_tensors(reference)
     for name in template:
@@ -277,13 +276,13 @@ def test_dense_fedavg_drops_nan_reply(task_identity) -> None:
     template = make_template()
     states = client_states(template, None)
     nodes = {**NODES, 104: 3}
-    strategy = DenseFedAvg(template, nodes, "fedavg", seed=0)
+    strategy = DenseFedAvg(template, nodes, "fedavg", seed=0, num_rounds=2)
     instructions = start_round(strategy, 1, template)
     bad_state = {k: v.clone() for k, v in template.items()}
     bad_state["body.0.weight"][1, 1] = float("nan")
     replies = [reply(instructions[n], states[p], None) for n, p in NODES.items()]
     arrays, _ = strategy.aggregate_train(1, replies + [reply(instructions[104], bad_state, None)])
-    assert [partition for partition, _ in strategy.rejected] == [3]
+    assert [r.partition for r in strategy.rejected] == [3]
     result = as_tensors(arrays)
     for name in template:
         expected = sum(WEIGHTS[p] * states[p][name].double() for p in WEIGHTS) / 6
@@ -292,9 +291,9 @@ def test_dense_fedavg_drops_nan_reply(task_identity) -> None:
 
 def test_all_replies_faulty_gives_no_model(task_identity) -> None:
     template = make_template()
-    strategy = MaskedFedAvg(template, dict(NODES), "gmp", seed=0)
+    strategy = MaskedFedAvg(template, dict(NODES), "gmp", seed=0, num_rounds=2)
     instructions = start_round(strategy, 1, template)
     bad_state = {k: torch.full_like(v, float("nan")) for k, v in template.items()}
     arrays, metrics = strategy.aggregate_train(1, [reply(m, bad_state, None) for m in instructions.values()])
     assert arrays is None and metrics is None
-    assert sorted(p for p, _ in strategy.rejected) == [0, 1, 2]
+    assert sorted(r.partition for r in strategy.rejected) == [0, 1, 2]

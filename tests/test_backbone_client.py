@@ -12,7 +12,8 @@ from fedprune import wire
 from fedprune.clients.app import handle_evaluate, handle_train
 from fedprune.clients.state import ClientMemory
 from fedprune.config import make_config
-from fedprune.task import clients_data, initial_model, new_model
+from fedprune.data.federation import clients_data
+from fedprune.models.factory import initial_model, new_model
 
 CFG = dict(num_clients=2, rounds=2, mlp_widths=[16], prune_start_round=1, prune_end_round=1,
            final_sparsity=0.5, partitioner="iid", local_epochs=1)
@@ -183,7 +184,7 @@ def test_client_resynchronises_after_a_dropped_mask_reply(task_identity) -> None
     cfg = make_config({**CFG, "initial_sparsity": 0.2, "prune_start_round": 1, "prune_end_round": 3,
                        "rounds": 5})
     template = {k: v.detach().clone() for k, v in initial_model(cfg).state_dict().items()}
-    strategy = MaskedFedAvg(template, {1: 0}, "gmp", seed=0)
+    strategy = MaskedFedAvg(template, {1: 0}, "gmp", seed=0, num_rounds=5)
     context = new_context(partition=0)
     arrays = wire.pack(template, None)
 
@@ -204,7 +205,7 @@ def test_client_resynchronises_after_a_dropped_mask_reply(task_identity) -> None
             answer.content["arrays"]["head.bias"] = Array(bias)
         new_arrays, _ = strategy.aggregate_train(server_round, [answer])
         arrays = new_arrays or arrays
-    assert [p for p, _ in strategy.rejected] == [0]
+    assert [r.partition for r in strategy.rejected] == [0]
 
     accepted = []
     for server_round in (3, 4):

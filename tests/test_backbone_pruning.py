@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedprune.clients.local import train_local
+from fedprune.training import train_local
 from fedprune.models import MLP
 from fedprune.pruning import (
     apply_masks,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedprune.config import make_config
-from fedprune.task import initial_model
+from fedprune.models.factory import initial_model
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,8 @@ from fedprune.device import flops_per_example, measure_latency, parameter_bytes,
 from fedprune.device.budget import DeviceProfile, assign_profiles, first_sparsity, fit_sparsity
 from fedprune.models import MLP
 from fedprune.pruning.squeeze import squeeze
-from fedprune.task import clients_data, initial_model
+from fedprune.data.federation import clients_data
+from fedprune.models.factory import initial_model
 
 
 def test_linear_flops_hand_count() -> None:
@@ -84,7 +85,7 @@ def _train_once(cfg, method: str, partition: int):
 
     from fedprune import wire
     context = new_context(partition, cfg.num_clients)
-    state = initial_model(cfg, method).state_dict()
+    state = initial_model(cfg).state_dict()
     content = RecordDict({"arrays": wire.pack(state, None), "config": ConfigRecord(
         {"encoding": "dense", "mask-digest": 0, "method": method, "server-round": 1})})
     reply = handle_train(Message(content, dst_node_id=partition + 1, message_type="train"), context, cfg)
@@ -100,7 +101,7 @@ def test_structured_personal_model_meets_flop_budget(task_identity, method: str)
     assert reply.content["metrics"]["budget-met"] == 1.0
     from fedprune.clients.state import ClientMemory
     units = ClientMemory(context.state, method).units()
-    model = initial_model(cfg, method)
+    model = initial_model(cfg)
     small = squeeze(model, units)
     x = clients_data(cfg)[0].train_x[:32]
     assert flops_per_example(small, x, len(x)) <= budget  # measured independently here
@@ -116,20 +117,20 @@ def test_unstructured_cannot_meet_flop_budget_but_meets_bytes(task_identity) -> 
     assert bytes_reply.content["metrics"]["budget-met"] == 1.0
     from fedprune.clients.state import ClientMemory
     masks = ClientMemory(context.state, "gmp").mask()
-    assert sparse_bytes(initial_model(cfg, "gmp"), masks) <= 20000
+    assert sparse_bytes(initial_model(cfg), masks) <= 20000
 
 
 def test_device_command_on_saved_run(tmp_path, task_identity) -> None:
     """`fedprune device` rebuilds personal models from models/METHOD.pt and measures them."""
     from fedprune.sim.cli import main
     from fedprune.strategies import MaskedFedAvg
-    from fedprune.server.loop import save_personal_models
+    from fedprune.server.experiment import save_personal_models
 
     cfg = make_config({"num_clients": 2, "methods": ["gmp"], "final_sparsity": 0.5})
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
     model = initial_model(cfg)
     template = model.state_dict()
-    strategy = MaskedFedAvg(template, {1: 0, 2: 1}, "gmp", seed=0)
+    strategy = MaskedFedAvg(template, {1: 0, 2: 1}, "gmp", seed=0, num_rounds=1)
     masks = {name: torch.rand(t.shape, generator=torch.Generator().manual_seed(1)) < 0.5
              for name, t in template.items() if t.dim() == 2}
     strategy.client_masks = {0: masks}

@@ -9,16 +9,18 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-from helpers import new_context
+from helpers import InProcessGrid, new_context, new_strategy
 
 from fedprune import partial, wire
 from fedprune.clients.app import handle_evaluate, handle_train
 from fedprune.clients.state import ClientMemory
 from fedprune.config import make_config
-from fedprune.models import MLP
-from fedprune.server.loop import LocalGrid, make_strategy
+from fedprune.data.federation import clients_data
+from fedprune.models import CNN, MLP
+from fedprune.models.cnn import CNNFamily
+from fedprune.models.factory import initial_model, new_model
+from fedprune.models.mlp import MLPFamily
 from fedprune.strategies import MaskedFedAvg
-from fedprune.task import clients_data, initial_model, new_model
 
 T, F = True, False
 HEAD = ("head.weight", "head.bias")
@@ -35,36 +37,38 @@ def mlp_template() -> dict[str, torch.Tensor]:
 
 def test_head_is_personal_and_the_rest_is_absent() -> None:
     template = mlp_template()
-    masks = partial.shared_masks(template, "head", 0.0, seed=0, client=1, server_round=3)
+    masks = partial.shared_masks(template, HEAD, 0.0, seed=0, client=1, server_round=3)
     assert set(masks) == set(HEAD)
     for name in HEAD:
         assert masks[name].dtype == torch.bool
         assert masks[name].shape == template[name].shape
         assert not bool(masks[name].any())
     # nothing personal at all: no masks (everything shared)
-    assert partial.shared_masks(template, "none", 0.0, 0, 1, 3) == {}
+    assert partial.shared_masks(template, (), 0.0, 0, 1, 3) == {}
 
 
-def test_is_head() -> None:
-    assert partial.is_head("head.weight") and partial.is_head("classifier.bias")
-    assert partial.is_head("net.classifier.weight")  # a wrapped Hugging Face classifier
-    assert not partial.is_head("body.0.weight") and not partial.is_head("fc.headroom.weight")
-    assert not partial.is_head("net.bert.pooler.dense.weight")
+def test_the_family_names_the_head() -> None:
+    assert MLPFamily().head_names(MLP(64, 10, [16, 8])) == ["head.weight", "head.bias"]
+    assert CNNFamily().head_names(CNN((1, 8, 8), 10, [4], 8)) == ["head.weight", "head.bias"]
+    # frozen and personal names never travel; nothing else is masked without a fraction
+    template = mlp_template()
+    masks = partial.shared_masks(template, HEAD, 0.0, 0, 1, 3, frozen=["body.0.bias"])
+    assert set(masks) == {*HEAD, "body.0.bias"} and not any(bool(m.any()) for m in masks.values())
 
 
 def test_personal_fraction_is_about_p_and_seeded_by_client_and_round() -> None:
     template = {"big": torch.zeros(200, 150), "bias": torch.zeros(50)}
-    masks = partial.shared_masks(template, "none", 0.3, seed=4, client=2, server_round=5)
+    masks = partial.shared_masks(template, (), 0.3, seed=4, client=2, server_round=5)
     assert set(masks) == {"big", "bias"}
     personal = 1.0 - float(masks["big"].float().mean())
     assert abs(personal - 0.3) < 0.03  # 30,000 entries: sd of the fraction is 0.0026
     # the same (seed, client, round) gives the same split (client and server derive it alone)
-    again = partial.shared_masks(template, "none", 0.3, seed=4, client=2, server_round=5)
+    again = partial.shared_masks(template, (), 0.3, seed=4, client=2, server_round=5)
     assert all(torch.equal(masks[k], again[k]) for k in masks)
     # a new split every round, per client and per seed
     for other in (dict(seed=4, client=2, server_round=6), dict(seed=4, client=3, server_round=5),
                   dict(seed=5, client=2, server_round=5)):
-        different = partial.shared_masks(template, "none", 0.3, **other)
+        different = partial.shared_masks(template, (), 0.3, **other)
         assert not torch.equal(masks["big"], different["big"]), other
         # independent splits agree on about 0.7^2 + 0.3^2 = 58 % of the entries
         agree = float((masks["big"] == different["big"]).float().mean())
@@ -73,7 +77,7 @@ def test_personal_fraction_is_about_p_and_seeded_by_client_and_round() -> None:
 
 def test_personal_fraction_with_personal_head() -> None:
     template = mlp_template()
-    masks = partial.shared_masks(template, "head", 0.5, seed=0, client=0, server_round=1)
+    masks = partial.shared_masks(template, HEAD, 0.5, seed=0, client=0, server_round=1)
     assert set(masks) == set(template)
     for name in HEAD:
         assert not bool(masks[name].any())
@@ -99,8 +103,6 @@ def cfg():
 @pytest.fixture(scope="module")
 def start_state(cfg) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in initial_model(cfg).state_dict().items()}
-
-
 
 
 def dense_message(state, method: str, server_round: int, message_type: str = MessageType.TRAIN) -> Message:
@@ -155,10 +157,10 @@ def as_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
 
 
 def test_server_keeps_head_and_never_sends_it_to_known_clients(task_identity, cfg, start_state) -> None:
-    strategy = make_strategy(cfg, "fedavg", start_state, dict(NODES))
+    strategy, _ = new_strategy(cfg, "fedavg", NODES)
     assert isinstance(strategy, MaskedFedAvg)  # partial updates: per-entry aggregation
-    grid = LocalGrid(cfg, dict(NODES))
-    arrays = ArrayRecord({k: Array(v.numpy()) for k, v in start_state.items()})
+    grid = InProcessGrid(cfg, dict(NODES))
+    arrays = ArrayRecord(start_state)
 
     messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid))
     assert all(m.content["config"]["encoding"] == "dense" for m in messages)  # first contact
@@ -197,7 +199,7 @@ def test_server_keeps_head_and_never_sends_it_to_known_clients(task_identity, cf
         assert torch.equal(result2[name], start_state[name]), name
 
     # personal evaluation: the server's body + the client's own head (computed here by hand)
-    evaluations = list(strategy.configure_evaluate(2, arrays2, ConfigRecord({"all-clients": True}), grid))
+    evaluations = list(strategy.configure_evaluate(2, arrays2, ConfigRecord(), grid))
     for message in evaluations:
         assert not any(key.startswith("head.") for key in message.content["arrays"])
     answers = {int(a.content["metrics"]["partition-id"]): a for a in grid.send_and_receive(evaluations, 60)}
@@ -214,13 +216,13 @@ def test_server_keeps_head_and_never_sends_it_to_known_clients(task_identity, cf
 
 def test_server_payload_with_personal_fraction_matches_client_split(task_identity, start_state) -> None:
     cfg = make_config({**CFG, "personal_layers": "none", "personal_fraction": 0.3})
-    strategy = make_strategy(cfg, "fedavg", start_state, dict(NODES))
-    grid = LocalGrid(cfg, dict(NODES))
-    arrays = ArrayRecord({k: Array(v.numpy()) for k, v in start_state.items()})
+    strategy, _ = new_strategy(cfg, "fedavg", NODES)
+    grid = InProcessGrid(cfg, dict(NODES))
+    arrays = ArrayRecord(start_state)
     replies = grid.send_and_receive(list(strategy.configure_train(1, arrays, ConfigRecord(), grid)), 60)
     for reply in replies:  # uplink: only the shared ~70 % of every tensor
         partition = int(reply.content["metrics"]["partition-id"])
-        split = partial.shared_masks(start_state, "none", 0.3, cfg.seed, partition, 1)
+        split = partial.shared_masks(start_state, (), 0.3, cfg.seed, partition, 1)
         for name, mask in split.items():
             assert reply.content["arrays"][name].numpy().size == int(mask.sum())
         total = sum(m.numel() for m in split.values())
@@ -230,7 +232,7 @@ def test_server_payload_with_personal_fraction_matches_client_split(task_identit
     messages = list(strategy.configure_train(2, new_arrays, ConfigRecord(), grid))
     for message in messages:  # downlink of round 2: the round-2 split of that client
         partition = NODES[message.metadata.dst_node_id]
-        split = partial.shared_masks(start_state, "none", 0.3, cfg.seed, partition, 2)
+        split = partial.shared_masks(start_state, (), 0.3, cfg.seed, partition, 2)
         for name, mask in split.items():
             assert message.content["arrays"][name].numpy().size == int(mask.sum())
     replies = grid.send_and_receive(messages, 60)
@@ -243,9 +245,9 @@ def test_personal_head_survives_a_dense_resync(task_identity, cfg, start_state) 
     """After the server drops a reply it resynchronises the client with a dense payload.
     The personal head never left the client, so the client must keep using its own head;
     the server's head is the never-trained initial one."""
-    strategy = make_strategy(cfg, "fedavg", start_state, dict(NODES))
-    grid = LocalGrid(cfg, dict(NODES))
-    arrays = ArrayRecord({k: Array(v.numpy()) for k, v in start_state.items()})
+    strategy, _ = new_strategy(cfg, "fedavg", NODES)
+    grid = InProcessGrid(cfg, dict(NODES))
+    arrays = ArrayRecord(start_state)
     replies = grid.send_and_receive(list(strategy.configure_train(1, arrays, ConfigRecord(), grid)), 60)
     arrays, _ = strategy.aggregate_train(1, replies)
 
@@ -256,9 +258,9 @@ def test_personal_head_survives_a_dense_resync(task_identity, cfg, start_state) 
             bias[0] = float("nan")
             reply.content["arrays"]["body.0.bias"] = Array(bias)
     arrays, _ = strategy.aggregate_train(2, replies)
-    assert [p for p, _ in strategy.rejected] == [0]
+    assert [r.partition for r in strategy.rejected] == [0]
 
-    evaluations = list(strategy.configure_evaluate(2, arrays, ConfigRecord({"all-clients": True}), grid))
+    evaluations = list(strategy.configure_evaluate(2, arrays, ConfigRecord(), grid))
     by_node = {m.metadata.dst_node_id: m for m in evaluations}
     assert by_node[11].content["config"]["encoding"] == "dense"  # the resync
     answer = handle_evaluate(by_node[11], grid.contexts[11], cfg)

@@ -10,14 +10,18 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
+from helpers import InProcessGrid, new_strategy
+
 from fedprune import wire
 from fedprune.clients import app as client_app
 from fedprune.config import make_config
+from fedprune.data.federation import clients_data
 from fedprune.methods import METHODS
-from fedprune.server.loop import CountingGrid, LocalGrid, make_strategy, run_method
-from fedprune.server.records import MethodTally, Recorder
+from fedprune.models.factory import initial_model
+from fedprune.server.experiment import run_method
+from fedprune.server.grid import CountingGrid
+from fedprune.server.records import Recorder
 from fedprune.strategies import DenseFedAvg, LocalOnly, MaskedFedAvg
-from fedprune.task import clients_data, initial_model
 
 NODES = {31: 0, 32: 1}
 ACCURACY = client_app.accuracy
@@ -34,27 +38,27 @@ def expected_strategy(method: str) -> type:
     spec = METHODS[method]
     if not spec.federated:
         return LocalOnly
-    return MaskedFedAvg if spec.aggregation == "masked" else DenseFedAvg
+    return MaskedFedAvg if spec.pruner is not None else DenseFedAvg
 
 
 def test_registry_is_what_the_comparison_needs() -> None:
-    assert set(METHODS) == {"fedavg", "fedavg-ft", "local", "gmp", "gmp-global", "movement", "random", "mi",
-                            "l1-structured", "random-structured", "small-dense", "mi-post"}
+    assert {"fedavg", "fedavg-ft", "local", "gmp", "gmp-global", "movement", "random", "mi", "l1-structured",
+            "random-structured", "small-dense", "mi-post"} <= set(METHODS)
     for name, method in METHODS.items():
         assert method.name == name and method.summary
-        assert method.aggregation == ("dense" if method.pruning == "none" else "masked")
-    assert [m for m in METHODS if METHODS[m].finetune] == ["fedavg-ft", "mi-post"]
-    assert [m for m in METHODS if METHODS[m].post_training] == ["mi-post"]
+    assert [m for m in METHODS if METHODS[m].personal.finetune] == ["fedavg-ft", "mi-post"]
+    assert [m for m in METHODS if METHODS[m].personal.reports_units] == ["mi-post"]
     assert [m for m in METHODS if not METHODS[m].federated] == ["local"]
+    assert [m for m in METHODS if METHODS[m].model == "small-dense"] == ["small-dense"]
+    assert {m for m in METHODS if METHODS[m].structured} == {"mi", "l1-structured", "random-structured"}
 
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_trains_and_evaluates(task_identity, cfg, method: str) -> None:
-    template = {k: v.detach().clone() for k, v in initial_model(cfg, method).state_dict().items()}
-    strategy = make_strategy(cfg, method, template, dict(NODES))
+    strategy, template = new_strategy(cfg, method, NODES)
     assert type(strategy) is expected_strategy(method)
-    grid = LocalGrid(cfg, dict(NODES))
-    arrays = ArrayRecord({k: Array(v.numpy()) for k, v in template.items()})
+    grid = InProcessGrid(cfg, dict(NODES))
+    arrays = ArrayRecord(template)
     for server_round in (1, 2):
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
         assert sorted(m.metadata.dst_node_id for m in messages) == sorted(NODES)
@@ -64,6 +68,7 @@ def test_every_method_trains_and_evaluates(task_identity, cfg, method: str) -> N
         new_arrays, metrics = strategy.aggregate_train(server_round, replies)
         assert strategy.rejected == []
         assert new_arrays is not None and np.isfinite(metrics["train-loss"])
+        assert set(strategy.reports.sparsity) == {0, 1}
         state = {k: np.asarray(v.numpy()) for k, v in new_arrays.items()}
         assert set(state) == set(template)
         if METHODS[method].federated:  # the global model moved
@@ -72,8 +77,7 @@ def test_every_method_trains_and_evaluates(task_identity, cfg, method: str) -> N
             assert all(np.array_equal(state[k], template[k].numpy()) for k in template)
         arrays = new_arrays
 
-        evaluations = list(strategy.configure_evaluate(server_round, arrays,
-                                                       ConfigRecord({"all-clients": True}), grid))
+        evaluations = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
         answers = grid.send_and_receive(evaluations, timeout=60)
         assert len(answers) == 2 and not any(a.has_error() for a in answers)
         for answer in answers:
@@ -84,32 +88,29 @@ def test_every_method_trains_and_evaluates(task_identity, cfg, method: str) -> N
             sparsity = m["sparsity"]
             # after round 2 (the end of the schedule) pruned methods are at 0.5, dense ones at 0;
             # post-training methods prune every evaluated personal model to 0.5
-            if METHODS[method].post_training or (server_round == 2 and METHODS[method].pruning != "none"):
+            spec = METHODS[method]
+            if spec.personal.reports_units or (server_round == 2 and spec.pruner is not None):
                 assert abs(sparsity - 0.5) <= 0.05, (method, sparsity)
-            if server_round == 1 and METHODS[method].pruning == "random":
+            if server_round == 1 and method == "random":
                 # drawn once at the first pruning round, straight at the final sparsity
                 assert abs(sparsity - 0.5) <= 0.01, sparsity
-            elif METHODS[method].pruning == "none" and not METHODS[method].post_training:
+            elif spec.pruner is None and not spec.personal.reports_units:
                 assert sparsity == 0.0
+        assert strategy.aggregate_evaluate(server_round, answers) is not None
+        assert set(strategy.reports.accuracy) == {0, 1}
     # after two rounds everyone is above chance (0.1) on average
     assert np.mean([float(a.content["metrics"]["accuracy"]) for a in answers]) > 0.15
 
 
 # ---- local: nothing crosses the network -------------------------------------------------
-class NetworkGrid(LocalGrid):
-    """The in-process grid pretending to be a network: its messages are counted."""
-
-    crosses_network = True
-
-
 def read_records(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_local_records_zero_bytes(task_identity, cfg, tmp_path) -> None:
+def test_local_goes_through_the_grid_and_records_zero_bytes(task_identity, cfg, tmp_path) -> None:
     recorder = Recorder(tmp_path)
-    outer = CountingGrid(grid=object(), recorder=recorder, partition_of=dict(NODES))
-    row = run_method(cfg, "local", outer, recorder, progress=lambda _: None)
+    grid = InProcessGrid(cfg, dict(NODES))
+    row = run_method(cfg, "local", grid, recorder, dict(NODES), progress=lambda _: None)
     recorder.close()
     records = read_records(tmp_path / "rounds.jsonl")
     exchanged = [r for r in records if "bytes_down" in r]
@@ -120,24 +121,22 @@ def test_local_records_zero_bytes(task_identity, cfg, tmp_path) -> None:
     assert all(r["bytes_down"] == 0 and r["bytes_up"] == 0 for r in exchanged)
     assert row["bytes_up"] == 0 and row["bytes_down"] == 0
     assert row["global_accuracy"] is None
-    assert row["personal_accuracy_mean"] > 0.15  # the clients did train (alone)
+    assert row["personal_accuracy_mean"] > 0.15  # the clients did train (alone), in their own contexts
+    assert all(len(context.state) > 0 for context in grid.contexts.values())
 
 
 def test_local_messages_would_cost_bytes_on_a_network(task_identity, cfg, tmp_path) -> None:
-    """The zero above comes from in-process delivery: the same exchange, counted, is not free."""
-    template = {k: v.detach().clone() for k, v in initial_model(cfg, "local").state_dict().items()}
-    strategy = make_strategy(cfg, "local", template, dict(NODES))
-    arrays = ArrayRecord({k: Array(v.numpy()) for k, v in template.items()})
+    """The zero above is a choice of the grid: the same exchange, counted, is not free."""
+    strategy, template = new_strategy(cfg, "local", NODES)
     recorder = Recorder(tmp_path)
-    tally = MethodTally("local")
-    counting = CountingGrid(NetworkGrid(cfg, dict(NODES)), recorder, dict(NODES))
-    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), None))
+    counting = CountingGrid(InProcessGrid(cfg, dict(NODES)), recorder.write, dict(NODES), counted=True)
+    messages = list(strategy.configure_train(1, ArrayRecord(template), ConfigRecord(), counting))
     assert all(len(m.content["arrays"]) == 0 for m in messages)  # no model in a local message
-    replies = counting.exchange(messages, tally, "train", 1)
+    replies = list(counting.send_and_receive(messages, timeout=60))
     recorder.close()
     assert len(replies) == 2
-    assert tally.bytes_down > 0 and tally.bytes_up > 0
-    assert tally.bytes_up == sum(wire.message_bytes(r) for r in replies)
+    assert counting.bytes_down > 0 and counting.bytes_up > 0
+    assert counting.bytes_up == sum(wire.message_bytes(r) for r in replies)
     assert all(len(r.content["arrays"]) == 0 for r in replies)  # ... and none in the reply
 
 
@@ -210,30 +209,21 @@ def test_mi_post_evaluates_a_squeezed_personal_model_and_reports_its_units(task_
 
 
 @pytest.mark.parametrize("corrupt", ["drop arrays", "empty arrays"])
-def test_mi_post_reply_without_units_is_rejected(task_identity, cfg, tmp_path, corrupt) -> None:
-    from fedprune.server.loop import evaluate_personal
-
-    template = {k: v.detach().clone() for k, v in initial_model(cfg, "mi-post").state_dict().items()}
-    strategy = make_strategy(cfg, "mi-post", template, dict(NODES))
-    arrays = ArrayRecord({k: Array(v.numpy()) for k, v in template.items()})
-
-    class DroppingUnits(LocalGrid):
-        def send_and_receive(self, messages, timeout=None):
-            replies = list(super().send_and_receive(messages, timeout))
-            for reply in replies:
-                if int(reply.content["metrics"]["partition-id"]) == 1:
-                    del reply.content["arrays"]
-                    if corrupt == "empty arrays":  # a record that names no group
-                        reply.content["arrays"] = ArrayRecord()
-            return replies
-
-    recorder = Recorder(tmp_path)
-    tally = MethodTally("mi-post")
-    counting = CountingGrid(DroppingUnits(cfg, dict(NODES)), recorder, dict(NODES))
-    evaluate_personal(strategy, counting, tally, recorder, arrays, 1, all_clients=True)
-    recorder.close()
-    assert set(tally.personal_accuracy) == {0} and set(strategy.post_units) == {0}
-    assert [p for p, _ in strategy.rejected] == [1]
+def test_mi_post_reply_without_units_is_rejected(task_identity, cfg, corrupt) -> None:
+    records = []
+    strategy, template = new_strategy(cfg, "mi-post", NODES, journal=lambda **r: records.append(r))
+    grid = InProcessGrid(cfg, dict(NODES))
+    replies = grid.send_and_receive(strategy.configure_evaluate(1, ArrayRecord(template), ConfigRecord(), grid))
+    for reply in replies:
+        if int(reply.content["metrics"]["partition-id"]) == 1:
+            del reply.content["arrays"]
+            if corrupt == "empty arrays":  # a record that names no group
+                reply.content["arrays"] = ArrayRecord()
+    strategy.aggregate_evaluate(1, replies)
+    assert set(strategy.reports.accuracy) == {0} and set(strategy.post_units) == {0}
+    assert [r.partition for r in strategy.rejected] == [1]
+    assert [r["client"] for r in records if r["phase"] == "personal"] == [0]
+    assert [(r["client"], r["exchange"]) for r in records if r["phase"] == "rejected"] == [(1, "evaluate")]
     masks, units = strategy.personal_structure(0)
     assert int(units["body.0"].sum()) == 8 and masks["body.0.weight"].sum() == 8 * masks["body.0.weight"].shape[1]
 
@@ -249,10 +239,9 @@ def test_mi_post_refuses_device_profiles() -> None:
 @pytest.mark.parametrize("method", ["fedavg-ft", "mi-post"])
 def test_methods_that_train_like_fedavg_reach_fedavg_s_global_model(task_identity, cfg, method) -> None:
     def global_after_two_rounds(name: str) -> dict[str, np.ndarray]:
-        template = {k: v.detach().clone() for k, v in initial_model(cfg, name).state_dict().items()}
-        strategy = make_strategy(cfg, name, template, dict(NODES))
-        grid = LocalGrid(cfg, dict(NODES))
-        arrays = ArrayRecord({k: Array(v.numpy()) for k, v in template.items()})
+        strategy, template = new_strategy(cfg, name, NODES)
+        grid = InProcessGrid(cfg, dict(NODES))
+        arrays = ArrayRecord(template)
         for server_round in (1, 2):
             messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
             arrays, _ = strategy.aggregate_train(server_round, grid.send_and_receive(messages, timeout=60))

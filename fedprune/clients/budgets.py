@@ -7,7 +7,6 @@ from torch import nn
 
 from fedprune.device import flops_per_example, parameter_bytes, sparse_bytes
 from fedprune.device.budget import DeviceProfile, first_sparsity, within_budget
-from fedprune.methods import Method
 from fedprune.pruning.masks import Masks
 from fedprune.pruning.squeeze import squeeze
 
@@ -23,9 +22,9 @@ def first_guess(profile: DeviceProfile, model: nn.Module, inputs: torch.Tensor) 
     return first_sparsity(profile, _flops(model, inputs), parameter_bytes(model))
 
 
-def can_fit(profile: DeviceProfile, method: Method, model: nn.Module, inputs: torch.Tensor) -> bool:
+def can_fit(profile: DeviceProfile, structured: bool, model: nn.Module, inputs: torch.Tensor) -> bool:
     """False where pruning cannot help: unstructured masks leave FLOPs at the dense count."""
-    if method.pruning == "structured" or profile.max_flops is None:
+    if structured or profile.max_flops is None:
         return True
     return _flops(model, inputs) <= profile.max_flops
 

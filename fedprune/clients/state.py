@@ -1,14 +1,13 @@
 """What a client keeps between rounds in ``Context.state`` (never sent anywhere).
 
-Per method: the personal mask, the personal model's own tensors (for personal
-layers and random partial updates) and movement scores.
+Per method: the personal mask (or unit masks), the personal model's own tensors (for
+personal layers and random partial updates) and the pruner's state (movement scores ...).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, RecordDict
 
 Tensors = dict[str, torch.Tensor]
 
@@ -21,14 +20,11 @@ class ClientMemory:
         self.method = method
 
     def _get(self, what: str) -> Tensors | None:
-        key = f"{self.method}.{what}"
-        if key not in self.state:
-            return None
-        return {name: torch.from_numpy(np.asarray(a.numpy()).copy()) for name, a in self.state[key].items()}
+        record = self.state.array_records.get(f"{self.method}.{what}")
+        return None if record is None else dict(record.to_torch_state_dict())
 
     def _put(self, what: str, tensors: Tensors) -> None:
-        self.state[f"{self.method}.{what}"] = ArrayRecord(
-            {name: Array(t.detach().cpu().numpy()) for name, t in tensors.items()})
+        self.state[f"{self.method}.{what}"] = ArrayRecord(tensors)
 
     def mask(self) -> Tensors | None:
         """The personal mask, or None before the client first prunes."""
@@ -53,9 +49,10 @@ class ClientMemory:
     def save_model(self, tensors: Tensors) -> None:
         self._put("personal-model", tensors)
 
-    def scores(self) -> Tensors | None:
-        """Accumulated movement scores."""
-        return self._get("movement-scores")
+    def pruner_state(self) -> Tensors | None:
+        """What the pruner kept from its last step (``Pruner.state``), or None."""
+        return self._get("pruner-state")
 
-    def save_scores(self, scores: Tensors) -> None:
-        self._put("movement-scores", scores)
+    def save_pruner_state(self, tensors: Tensors) -> None:
+        if tensors:
+            self._put("pruner-state", tensors)

@@ -1,11 +1,20 @@
-"""Multi-layer perceptron with configurable hidden widths."""
+"""Multi-layer perceptron with configurable hidden widths, and its family adapter."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+from fedprune.models.family import ModelFamily, state_names
+from fedprune.models.structure import ActivationSource, Slice, UnitGroup, linear_rows
+
+if TYPE_CHECKING:
+    from fedprune.config import ExperimentConfig
+    from fedprune.data.datasets import DatasetInfo
 
 
 class MLP(nn.Module):
@@ -26,3 +35,37 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x.flatten(1)))
+
+
+class MLPFamily(ModelFamily):
+    """One unit group per hidden layer ``k``: ``body.{2k}`` rows + bias and the next Linear's
+    columns; a unit's activation is the output of the ReLU after its Linear."""
+
+    name = "mlp"
+
+    def owns(self, model: nn.Module) -> bool:
+        return isinstance(model, MLP)
+
+    def build(self, cfg: ExperimentConfig, info: DatasetInfo, widths: list[int] | None = None) -> nn.Module:
+        return MLP(math.prod(info.input_shape), info.num_classes, cfg.mlp_widths if widths is None else widths)
+
+    def widths(self, cfg: ExperimentConfig) -> list[int]:
+        return list(cfg.mlp_widths)
+
+    def unit_groups(self, model: nn.Module) -> list[UnitGroup]:
+        assert isinstance(model, MLP)
+        linears = [i for i, layer in enumerate(model.body) if isinstance(layer, nn.Linear)]
+        consumers = [f"body.{i}" for i in linears[1:]] + ["head"]
+        return [
+            UnitGroup(
+                name=f"body.{i}",
+                size=model.body[i].out_features,
+                slices=(*linear_rows(f"body.{i}"), Slice(f"{nxt}.weight", 1)),
+                kind="mlp_hidden",
+                source=ActivationSource(f"body.{i + 1}"),
+            )
+            for i, nxt in zip(linears, consumers)
+        ]
+
+    def head_names(self, model: nn.Module) -> list[str]:
+        return state_names(model, "head")

@@ -6,6 +6,9 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+#: the models a method can train: the configured one, or it shrunk to the sparse models' size
+MODEL_VARIANTS = ("full", "small-dense")
+
 
 def count(model: nn.Module) -> int:
     """Number of parameter entries."""

@@ -1,5 +1,7 @@
 """BERT-family sequence classifiers from Hugging Face transformers, packed-tensor inputs.
 
+(Their family adapter, with unit groups and names, is ``fedprune.models.bert``.)
+
 ``TextClassifier`` wraps an ``AutoModelForSequenceClassification`` so that it takes one
 ``LongTensor`` of shape ``(batch, 2, tokens)``: row 0 the token ids, row 1 the attention
 mask. Every tensor-based part of fedprune (batch indexing, ``torch.cat`` of test sets,
@@ -44,15 +46,6 @@ class TextClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(input_ids=x[:, 0], attention_mask=x[:, 1]).logits
 
-    @staticmethod
-    def token_mask(x: torch.Tensor) -> torch.Tensor:
-        """The attention mask of packed inputs (1 = real token)."""
-        return x[:, 1]
-
-    def prunable_names(self) -> list[str]:
-        """Weights of the encoder's ``Linear`` layers (embeddings, pooler, classifier stay dense)."""
-        return [f"{name}.weight" for name, module in self.named_modules()
-                if isinstance(module, nn.Linear) and ".encoder." in f".{name}."]
 
 
 def pack_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,15 @@
-"""Magnitude pruning: keep the largest |w| per layer or across all layers."""
+"""Magnitude pruning: keep the largest |w| per layer (``gmp``) or across all layers (``gmp-global``).
+
+With the cubic schedule this is gradual magnitude pruning (Zhu & Gupta 2017).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from fedprune.pruning.masks import Masks
+from fedprune.pruning.masks import Masks, full_masks
+from fedprune.pruning.pruner import PruneData, Pruner
 
 SCOPES = ("layer", "global")
 
@@ -47,3 +51,18 @@ def magnitude_masks(
         masks[name] = flat_mask[offset : offset + score.numel()].reshape(score.shape)
         offset += score.numel()
     return masks
+
+
+class MagnitudePruner(Pruner):
+    """Each prunable weight keeps its largest |w| among the entries it still keeps."""
+
+    scope = "layer"
+
+    def prune(self, model: nn.Module, current: Masks | None, sparsity: float, data: PruneData) -> Masks:
+        return magnitude_masks(model, current or full_masks(model), sparsity, self.scope)
+
+
+class GlobalMagnitudePruner(MagnitudePruner):
+    """One |w| threshold over all prunable weights together (layers end at different sparsities)."""
+
+    scope = "global"

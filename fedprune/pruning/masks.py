@@ -6,22 +6,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedprune.models import find_family
+from fedprune.models.family import layer_weights
+
 Masks = dict[str, torch.Tensor]
 
 
 def prunable_names(model: nn.Module) -> list[str]:
-    """Names of the weights of every ``Linear`` and ``Conv`` layer, in module order.
-
-    A model may narrow this with its own ``prunable_names()`` method (transformers:
-    the encoder's ``Linear`` layers only).
-    """
-    if hasattr(model, "prunable_names"):
-        return list(model.prunable_names())
-    names = []
-    for module_name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            names.append(f"{module_name}.weight" if module_name else "weight")
-    return names
+    """The weights unstructured pruning may prune, as the model's family says (BERT: the
+    encoder's ``Linear`` weights); every ``Linear``/``Conv`` weight for MLP, CNN and any
+    model no family knows."""
+    family = find_family(model)
+    return layer_weights(model) if family is None else family.prunable_names(model)
 
 
 def full_masks(model: nn.Module) -> Masks:

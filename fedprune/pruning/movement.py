@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from fedprune.pruning.magnitude import keep_top
-from fedprune.pruning.masks import Masks
+from fedprune.pruning.masks import Masks, full_masks, prunable_names
+from fedprune.pruning.pruner import BackwardHook, PruneData, Pruner, Tensors
 
 
 class MovementScores:
@@ -40,3 +41,17 @@ class MovementScores:
             keep = min(round(score.numel() * (1 - sparsity)), int(allowed.sum()))
             result[name] = keep_top(ranked, keep)
         return result
+
+
+class MovementPruner(Pruner):
+    """Movement pruning: scores accumulate over every step and persist between steps."""
+
+    def observe(self, model: nn.Module, state: Tensors | None) -> BackwardHook:
+        self.scores = MovementScores(model, prunable_names(model), state or None)
+        return self.scores.accumulate
+
+    def state(self) -> Tensors:
+        return self.scores.scores
+
+    def prune(self, model: nn.Module, current: Masks | None, sparsity: float, data: PruneData) -> Masks:
+        return self.scores.masks(current or full_masks(model), sparsity)

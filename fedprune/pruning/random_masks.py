@@ -1,4 +1,4 @@
-"""Random unstructured masks: each prunable weight keeps a uniformly random subset."""
+"""Random unstructured masks: each prunable weight keeps a uniformly random subset, drawn once."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from torch import nn
 
 from fedprune.pruning.magnitude import keep_top
 from fedprune.pruning.masks import Masks, prunable_names
+from fedprune.pruning.pruner import PruneData, Pruner
 
 
 def random_masks(model: nn.Module, sparsity: float, generator: torch.Generator) -> Masks:
@@ -17,3 +18,16 @@ def random_masks(model: nn.Module, sparsity: float, generator: torch.Generator) 
         scores = torch.rand(params[name].shape, generator=generator)
         masks[name] = keep_top(scores, round(scores.numel() * (1 - sparsity)))
     return masks
+
+
+class RandomPruner(Pruner):
+    """A random mask at the schedule's final sparsity, drawn at the first pruning step
+    (seeded by client), then fixed: a baseline that uses neither weights nor data."""
+
+    def sparsity_at(self, step: int) -> float | None:
+        return self.schedule.final if self.schedule.prunes_at(step) else None
+
+    def prune(self, model: nn.Module, current: Masks | None, sparsity: float, data: PruneData) -> Masks:
+        if current is not None:
+            return current
+        return random_masks(model, sparsity, torch.Generator().manual_seed(data.seed_for("random-mask", data.client)))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fedprune.models import family_of
 from fedprune.models.structure import UnitGroup, UnitMasks, dim_keep, unit_groups
 
 
@@ -76,8 +77,7 @@ def reconstruct(small: nn.Module, teacher: nn.Module, units: UnitMasks, x: torch
     teacher_modules, small_modules = dict(teacher.named_modules()), dict(small.named_modules())
     names = [name for name in consumer_linears(teacher, groups) if small_modules[name].bias is not None]
     kept_rows = {name: dims[0] for name, dims in dim_keep(teacher, groups, units).items() if 0 in dims}
-    token_mask = getattr(teacher, "token_mask", None)
-    token_mask = None if token_mask is None else token_mask(x)
+    token_mask = family_of(teacher).token_mask(teacher, x)
     wanted: dict[str, torch.Tensor] = {}
 
     def remember(name: str):

@@ -14,6 +14,7 @@ import copy
 import torch
 from torch import nn
 
+from fedprune.models import family_of
 from fedprune.models.structure import UnitGroup, dim_keep, expand_unit_mask, unit_groups
 from fedprune.pruning.masks import apply_masks
 
@@ -54,31 +55,14 @@ def _slice_layer(layer: nn.Module, keep: dict[int, torch.Tensor]) -> nn.Module:
     return new
 
 
-def _update_attributes(
-    model: nn.Module, groups: list[UnitGroup], unit_masks: dict[str, torch.Tensor]
-) -> None:
-    """Width attributes that forward() reads: CNN ``feature_map``, BERT head counts."""
-    for group in groups:
-        mask = unit_masks.get(group.name)
-        kept = group.size if mask is None else int(mask.sum())
-        if group.kind == "heads":
-            attention = model.get_submodule(group.name.removesuffix(".heads") + ".attention.self")
-            attention.num_attention_heads = kept
-            attention.all_head_size = kept * attention.attention_head_size
-    if hasattr(model, "feature_map"):
-        last = [group for group in groups if group.kind == "conv_channel"][-1]
-        mask = unit_masks.get(last.name)
-        channels = last.size if mask is None else int(mask.sum())
-        model.feature_map = (channels, *model.feature_map[1:])
-
-
 def squeeze(
     model: nn.Module, unit_masks: dict[str, torch.Tensor], groups: list[UnitGroup] | None = None
 ) -> nn.Module:
     """A new, smaller dense model computing what ``masked(model, unit_masks)`` computes.
 
-    The original is not modified. The BERT ``config`` object is left as is (it is
-    shared); the per-layer ``num_attention_heads``/``all_head_size`` are updated.
+    The original is not modified; width attributes that ``forward`` reads are updated by
+    the model's family (``ModelFamily.resize``: CNN feature map, BERT head counts; the
+    shared BERT ``config`` object is left as is).
     """
     groups = unit_groups(model) if groups is None else groups
     for group in groups:
@@ -90,7 +74,7 @@ def squeeze(
     for name, layer in list(small.named_modules()):
         if isinstance(layer, (nn.Linear, nn.Conv2d)) and f"{name}.weight" in keep:
             small.set_submodule(name, _slice_layer(layer, keep[f"{name}.weight"]))
-    _update_attributes(small, groups, unit_masks)
+    family_of(model).resize(small, groups, unit_masks)
     return small
 
 

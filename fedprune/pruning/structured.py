@@ -1,32 +1,27 @@
-"""Structured (whole-unit) selection: layer-wise MI top-down, L1 and random baselines.
+"""Structured (whole-unit) selection: unit masks at a parameter sparsity from unit rankings.
 
-``select_units`` returns a unit mask per group (True = kept) so that the *parameter*
-sparsity over the groups' weights (``weight_names``: every >= 2-D parameter a group owns
-a slice of; biases, embeddings, norms and the classifier's own rows are not counted)
-is close to ``sparsity``.
-
-MI (Fan et al. 2021, layer-wise MI pruning), top-down over the groups in forward order:
-the last group (the one feeding the classifier) is scored by I(unit; labels), every group
-below by I(unit; kept units of the next group up). For BERT the order is
-``L0.heads, L0.ffn, L1.heads, ...``: a layer's FFN neurons are scored against the kept
-heads of the next layer (the last FFN against the labels) and its heads against the kept
-FFN neurons of the same layer, i.e. the target is always the next pruned thing the
-signal flows into. Activations come from forward hooks (``fedprune.models.structure``)
-on at most ``max_rows`` examples, in eval mode under ``torch.no_grad``.
+``select_units(model, selector, sparsity, data)`` returns a unit mask per group (True =
+kept) so that the *parameter* sparsity over the groups' weights (``weight_names``: every
+>= 2-D parameter a group owns a slice of; biases, embeddings, norms and the classifier's
+own rows are not counted) is close to ``sparsity``. The ranking of units comes from a
+``UnitSelector`` (``fedprune.pruning.selectors``: MI, L1, random); this module decides how
+many units each group keeps and collects the activations MI scores are computed on.
+Activations come from forward hooks (``fedprune.models.structure``) on at most
+``max_rows`` examples, in eval mode under ``torch.no_grad``.
 
 Allocation:
 
 * ``uniform``: every group keeps the same fraction f (at least 1 unit), f found by
   bisection so that the parameter sparsity is as close to the target as the integer
-  counts allow. One top-down pass.
+  counts allow.
 * ``global``: scores are normalised within each group (score / max score in the group,
   negative scores clipped to 0); units are removed in increasing normalised score
   (each group from its worst unit up, never its last unit) until the budget is met. For
-  MI the scores of that ranking come from a first top-down pass with the uniform
-  counts; the counts it yields are then filled by a second top-down pass so that every
-  group's target is the final kept set of the group above. Caveat: a group with few
-  units (4-12 heads) often has all its scores near its own maximum, so global mode
-  tends to keep heads and prune FFN neurons harder.
+  a top-down selector (MI) the scores of that ranking come from a first top-down pass
+  with the uniform counts; the counts it yields are then filled by a second top-down pass
+  so that every group's target is the final kept set of the group above. Caveat: a group
+  with few units (4-12 heads) often has all its scores near its own maximum, so global
+  mode tends to keep heads and prune FFN neurons harder.
 * ``kind``: the global ranking decides how much of each *kind* of unit is kept (a kind
   is a group name with its layer numbers removed: BERT heads, BERT FFN neurons, the
   hidden neurons of an MLP); every layer then keeps the same fraction of a kind (one
@@ -34,20 +29,18 @@ Allocation:
   measured against different targets, so they set proportions between kinds, not
   between layers: on MiniLM the per-layer counts of ``global`` range from 116 to 840
   FFN neurons, while ``kind`` keeps every head and 384 FFN neurons in each layer.
-
-``greedy=True`` ranks units by forward selection on the Gaussian conditional MI
-(``fedprune.pruning.mi.greedy_order``); the ranking's scores are the running minimum of
-the pick gains, so the top-m units by score are exactly the first m picks.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from fedprune.models import family_of
 from fedprune.models.structure import (
     UnitGroup,
     expand_unit_mask,
@@ -55,9 +48,10 @@ from fedprune.models.structure import (
     unit_groups,
     weight_names,
 )
-from fedprune.pruning.mi import greedy_order, make_estimator
 
-METHODS = ("mi", "l1", "random")
+if TYPE_CHECKING:
+    from fedprune.pruning.selectors import UnitSelector
+
 ALLOCATIONS = ("uniform", "global", "kind")
 LABEL_KEYS = ("labels", "label")
 
@@ -186,22 +180,10 @@ def allocated_counts(allocation: str, budget: ParamBudget, groups: list[UnitGrou
     return uniform
 
 
-def _ranking(scores: torch.Tensor) -> Ranking:
+def ranking(scores: torch.Tensor) -> Ranking:
+    """Units best first (stable on ties) and their scores in that order."""
     order = torch.argsort(scores, descending=True, stable=True)
     return order, scores[order]
-
-
-def l1_scores(model: nn.Module, group: UnitGroup) -> torch.Tensor:
-    """L1 norm of the weight entries (>= 2-D parameters) each unit owns."""
-    params = dict(model.named_parameters())
-    total = torch.zeros(group.size, dtype=torch.float64)
-    for piece in group.slices:
-        weight = params[piece.param].detach()
-        if weight.dim() < 2:
-            continue
-        others = [d for d in range(weight.dim()) if d != piece.dim]
-        total += weight.abs().sum(dim=others).view(group.size, piece.block).sum(dim=1).cpu().double()
-    return total
 
 
 def _batches(
@@ -297,9 +279,9 @@ def collect_activations(
                 state["token_mask"] = kwargs.get("attention_mask")
                 model(**kwargs)
             else:
-                # packed text inputs: the model says which tokens are real
-                token_mask = getattr(model, "token_mask", None)
-                state["token_mask"] = None if token_mask is None else token_mask(inputs).to(device)
+                # packed text inputs: the model family says which tokens are real
+                token_mask = family_of(model).token_mask(model, inputs)
+                state["token_mask"] = None if token_mask is None else token_mask.to(device)
                 model(inputs.to(device))
             if batch_labels is not None:
                 label_parts.append(torch.as_tensor(batch_labels).cpu())
@@ -315,34 +297,6 @@ def collect_activations(
     return acts, all_labels
 
 
-def _mi_rankings(
-    groups: list[UnitGroup],
-    acts: dict[str, torch.Tensor],
-    labels: torch.Tensor,
-    counts: list[int],
-    estimator: str,
-    greedy: bool,
-    full: bool,
-) -> list[Ranking]:
-    """Top-down MI rankings; group g's target is the top ``counts`` units of the group above.
-
-    With ``greedy`` only ``counts[g]`` picks are made unless ``full``.
-    """
-    scorer = make_estimator(estimator)
-    rankings: list[Ranking] = [None] * len(groups)  # type: ignore[list-item]
-    target = labels
-    for index in reversed(range(len(groups))):
-        units = acts[groups[index].name]
-        if greedy:
-            order, gains = greedy_order(units, target, None if full else counts[index])
-            rankings[index] = (order, torch.cummin(gains, dim=0).values)
-        else:
-            rankings[index] = _ranking(scorer.scores(units, target))
-        kept = rankings[index][0][: counts[index]].sort().values
-        target = units[:, kept]
-    return rankings
-
-
 def _masks(groups: list[UnitGroup], rankings: list[Ranking], counts: list[int]) -> dict[str, torch.Tensor]:
     masks = {}
     for group, (order, _), count in zip(groups, rankings, counts):
@@ -354,52 +308,34 @@ def _masks(groups: list[UnitGroup], rankings: list[Ranking], counts: list[int]) 
 
 def select_units(
     model: nn.Module,
-    method: str = "mi",
+    selector: UnitSelector,
     sparsity: float = 0.5,
     data: Data | None = None,
     labels: torch.Tensor | None = None,
     *,
-    estimator: str = "gaussian",
-    greedy: bool = False,
     allocation: str = "uniform",
     seed: int = 0,
-    max_rows: int = 2048,
-    batch_size: int = 256,
     groups: list[UnitGroup] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Unit masks (group name -> bool vector, True = kept) at parameter ``sparsity``.
 
-    ``method``: ``mi`` (needs ``data`` and labels, given or inside the batches), ``l1``
-    or ``random`` (seeded; both ignore ``data``). ``estimator`` (``gaussian``/``binned``)
-    and ``greedy`` (Gaussian conditional MI, Gaussian estimator only) apply to ``mi``.
-    At least one unit per group is kept, so very high targets may be unreachable.
+    ``selector`` ranks the units (``MISelector`` needs ``data`` with labels, given or
+    inside the batches; the others ignore it); ``allocation`` spreads the kept units
+    over the groups; ``seed`` feeds the selector (random order, row subsampling). At
+    least one unit per group is kept, so very high targets may be unreachable.
     """
-    if method not in METHODS:
-        raise ValueError(f"method: unknown {method!r}; allowed: {', '.join(METHODS)}")
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation: unknown {allocation!r}; allowed: {', '.join(ALLOCATIONS)}")
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    if greedy and estimator != "gaussian":
-        raise ValueError("greedy selection uses the Gaussian conditional MI: set estimator='gaussian'")
     groups = unit_groups(model) if groups is None else groups
     budget = ParamBudget(model, groups)
     counts = uniform_counts(budget, [group.size for group in groups], sparsity)
-    if method == "mi":
-        if data is None:
-            raise ValueError("method 'mi' needs data")
-        acts, found = collect_activations(model, groups, data, labels, max_rows, batch_size, seed)
-        if found is None:
-            raise ValueError("method 'mi' needs labels (argument or inside the batches)")
-        full = allocation != "uniform"
-        rankings = _mi_rankings(groups, acts, found, counts, estimator, greedy, full)
-        if full:
-            counts = allocated_counts(allocation, budget, groups, rankings, sparsity, counts)
-            rankings = _mi_rankings(groups, acts, found, counts, estimator, greedy, False)
-        return _masks(groups, rankings, counts)
-    if method == "l1":
-        rankings = [_ranking(l1_scores(model, group)) for group in groups]
-    else:
-        generator = torch.Generator().manual_seed(seed)
-        rankings = [_ranking(torch.rand(group.size, generator=generator)) for group in groups]
-    return _masks(groups, rankings, allocated_counts(allocation, budget, groups, rankings, sparsity, counts))
+    prepared = selector.prepare(model, groups, data, labels, seed)
+    uniform = allocation == "uniform"
+    rankings = selector.rank(model, groups, counts, prepared, final=uniform or not selector.top_down)
+    if not uniform:
+        counts = allocated_counts(allocation, budget, groups, rankings, sparsity, counts)
+        if selector.top_down:
+            rankings = selector.rank(model, groups, counts, prepared, final=True)
+    return _masks(groups, rankings, counts)

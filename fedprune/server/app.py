@@ -17,8 +17,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedprune.analysis import format_table
 from fedprune.config import ExperimentConfig, config_from_run_config
-from fedprune.server.loop import CountingGrid, discover_partitions, run_method
+from fedprune.server.experiment import discover_partitions, run_method
 from fedprune.server.records import Recorder
+
 
 def write_json_atomic(path: Path, payload: object) -> None:
     """Write JSON to ``path`` through a temporary file, so readers never see half a file."""
@@ -37,8 +38,7 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: Path,
         partition_of = discover_partitions(grid, recorder, cfg.num_clients)
         if len(partition_of) != cfg.num_clients:
             raise RuntimeError(f"{len(partition_of)} nodes connected, config asks for {cfg.num_clients}")
-        counting = CountingGrid(grid, recorder, partition_of)
-        rows = [run_method(cfg, method, counting, recorder, progress) for method in cfg.methods]
+        rows = [run_method(cfg, method, grid, recorder, partition_of, progress) for method in cfg.methods]
     finally:
         recorder.close()
     write_json_atomic(out_dir / "summary.json", {"methods": rows})

@@ -16,22 +16,23 @@ from fedprune import wire
 from fedprune.config import ExperimentConfig
 from fedprune.device import flops_per_example, measure_latency, parameter_bytes, sparse_bytes
 from fedprune.pruning.masks import Masks
-from fedprune.task import cost_inputs, new_model, personal_model
+from fedprune.models.factory import cost_inputs, new_model, personal_model
 
 BATCH = 32
 
 
-def personal_costs(cfg: ExperimentConfig, method: str, global_state: dict[str, torch.Tensor],
+def personal_costs(cfg: ExperimentConfig, variant: str, global_state: dict[str, torch.Tensor],
                    client_masks: dict[int, Masks | None], client_units: dict[int, Masks | None],
                    threads: dict[int, int] | None = None) -> dict[int, dict]:
     """Per client: ``latency_ms`` (median), ``flops`` (per example) of its personal model,
     ``speedup`` (dense latency / its latency) and ``flop_limit`` (dense FLOPs / its FLOPs).
 
     Unstructured personal models run dense with zeros; structured ones run squeezed
-    (``task.personal_model``). ``threads``: per client (default 1). The dense
-    reference is the method's full model, timed at the same thread count.
+    (``fedprune.models.factory.personal_model``). ``variant`` is the method's model
+    (``Method.model``); ``threads``: per client (default 1). The dense reference is the
+    method's unpruned model, timed at the same thread count.
     """
-    dense = new_model(cfg, method)
+    dense = new_model(cfg, variant)
     inputs = cost_inputs(cfg, dense, BATCH)
     dense_flops = flops_per_example(dense, inputs, BATCH)
     dense_ms: dict[int, float] = {}
@@ -43,7 +44,7 @@ def personal_costs(cfg: ExperimentConfig, method: str, global_state: dict[str, t
             dense_ms[count] = measure_latency(dense, inputs, threads=count, min_run_time=0.2).median_ms
         key = (wire.mask_digest(masks), count)
         if key not in measured:
-            model = personal_model(cfg, method, global_state, masks, client_units.get(partition))
+            model = personal_model(cfg, variant, global_state, masks, client_units.get(partition))
             latency = measure_latency(model, inputs, threads=count, min_run_time=0.2).median_ms
             flops = flops_per_example(model, inputs, BATCH)
             measured[key] = {"latency_ms": latency, "flops": flops, "dense_latency_ms": dense_ms[count],

@@ -1,27 +1,19 @@
-"""Run records: per-round per-client JSON lines and the per-method summary."""
+"""Run records: one JSON object per line in ``rounds.jsonl``.
+
+Phases: ``setup`` (partition query bytes), ``train`` / ``evaluate`` (bytes of each
+message, per client), ``train-metrics`` (an accepted train reply's metrics),
+``train-summary`` (per round: accepted clients, example-weighted training loss),
+``personal`` (an accepted personal accuracy), ``evaluate-summary`` (per evaluation
+round: example-weighted personal accuracy), ``rejected`` (a reply the server did not
+use, with its reason), ``global`` (the global model's accuracy), ``device`` (run-end
+cost of each personal model).
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-
-SUMMARY_KEYS = ("method", "rounds", "clients", "personal_accuracy_mean", "personal_accuracy_min",
-                "global_accuracy", "bytes_up", "bytes_down", "sparsity", "seconds")
-
-
-@dataclass
-class MethodTally:
-    """Running totals of one method's run."""
-
-    method: str
-    bytes_up: int = 0
-    bytes_down: int = 0
-    personal_accuracy: dict[int, float] = field(default_factory=dict)
-    sparsity: dict[int, float] = field(default_factory=dict)
-    budget_met: dict[int, bool] = field(default_factory=dict)
-    global_accuracy: float | None = None
 
 
 class Recorder:

@@ -72,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out: {out_dir} exists and is not a folder")
     from fedprune.sim.runner import simulate
 
-    if cfg.prune_end_round > cfg.rounds and any(m != "fedavg" for m in cfg.methods):
+    if cfg.prune_end_round > cfg.rounds and any(METHODS[m].pruner is not None for m in cfg.methods):
         print(f"fedprune: warning: prune_end_round ({cfg.prune_end_round}) is after the last round "
               f"({cfg.rounds}); gradual methods stop short of final_sparsity", file=sys.stderr)
 

@@ -11,7 +11,8 @@ from fedprune.config import ConfigError, make_config
 from fedprune.device.budget import within_budget
 from fedprune.pruning.masks import mask_sparsity
 from fedprune.server.costs import personal_costs
-from fedprune.task import profile_threads, profiles_of
+from fedprune.device.profiles import profile_threads, profiles_of
+from fedprune.methods import METHODS
 
 COLUMNS = ("method", "client", "profile", "threads", "sparsity", "kFLOPs/ex", "latency ms",
            "speedup", "FLOP limit", "stored KB", "budget met")
@@ -29,7 +30,7 @@ def device_rows(run_dir: Path) -> list[dict]:
     for method in cfg.methods:
         saved = torch.load(run_dir / "models" / f"{method}.pt")
         masks = {c: saved["masks"].get(c) for c in range(cfg.num_clients)}
-        costs = personal_costs(cfg, method, saved["global"], masks, saved["units"], threads)
+        costs = personal_costs(cfg, METHODS[method].model, saved["global"], masks, saved["units"], threads)
         for client, cost in costs.items():
             profile = profiles[client]
             rows.append({

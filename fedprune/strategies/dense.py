@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedprune.strategies.personalized import Decoded, PersonalizedStrategy
@@ -14,12 +14,7 @@ class DenseFedAvg(PersonalizedStrategy):
 
     def combine(self, decoded: list[Decoded]) -> dict[str, torch.Tensor]:
         """Flower's ``aggregate_arrayrecords`` over the (already checked) replies."""
-        records = [
-            RecordDict({
-                "arrays": ArrayRecord({k: Array(v.numpy()) for k, v in state.items()}),
-                "metrics": MetricRecord({"num-examples": weight}),
-            })
-            for state, _, weight in decoded
-        ]
-        merged = aggregate_arrayrecords(records, "num-examples")
-        return {k: torch.from_numpy(v.numpy().copy()).to(self.template[k].dtype) for k, v in merged.items()}
+        records = [RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord({"num-examples": weight})})
+                   for state, _, weight in decoded]
+        merged = aggregate_arrayrecords(records, "num-examples").to_torch_state_dict()
+        return {k: v.to(self.template[k].dtype) for k, v in merged.items()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 
 from fedprune.strategies.personalized import Decoded, PersonalizedStrategy
 
@@ -11,15 +11,15 @@ from fedprune.strategies.personalized import Decoded, PersonalizedStrategy
 class LocalOnly(PersonalizedStrategy):
     """Messages carry no model (``encoding = none``) and the global model never changes.
 
-    The server loop delivers these messages in-process (``LocalGrid``): nothing
-    crosses a network, so a local run's bytes are 0.
+    The messages still go through the grid, so local training runs where the clients
+    run; the server counts their bytes as 0, since nothing would cross a network.
     """
 
     def payload(self, partition: int, server_round: int) -> tuple[ArrayRecord, ConfigRecord]:
         return ArrayRecord(), ConfigRecord({"encoding": "none", "mask-digest": 0})
 
-    def decode(self, message) -> Decoded:
-        return {}, {}, float(message.content["metrics"]["num-examples"])
+    def decode(self, message: Message, partition: int, weight: float) -> Decoded:
+        return {}, {}, weight
 
     def combine(self, decoded: list[Decoded]) -> dict[str, torch.Tensor]:
         return dict(self.global_state)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
@@ -9,27 +11,12 @@ from fedprune import wire
 from fedprune.pruning.consensus import consensus_mask
 from fedprune.pruning.masks import Masks
 from fedprune.strategies.personalized import Decoded, PersonalizedStrategy
-
-
-def masked_mean(previous: torch.Tensor, values: list[torch.Tensor], masks: list[torch.Tensor | None],
-                weights: list[float]) -> torch.Tensor:
-    """Per entry, the weighted mean over the clients whose mask keeps it.
-
-    ``None`` masks keep everything. An entry that no client keeps keeps its
-    ``previous`` value.
-    """
-    numerator = torch.zeros_like(previous, dtype=torch.float64)
-    denominator = torch.zeros_like(previous, dtype=torch.float64)
-    for value, mask, weight in zip(values, masks, weights, strict=True):
-        kept = torch.ones_like(previous, dtype=torch.float64) if mask is None else mask.to(torch.float64)
-        numerator += weight * kept * value.to(torch.float64)
-        denominator += weight * kept
-    mean = numerator / denominator.clamp_min(1e-300)
-    return torch.where(denominator > 0, mean, previous.to(torch.float64)).to(previous.dtype)
+from fedprune.strategies.rules import Rule, masked_mean
 
 
 class MaskedFedAvg(PersonalizedStrategy):
-    """Each entry is averaged over the clients that sent it; entries nobody sent stay put.
+    """Each entry is combined (``rule``, default the weighted mean) over the clients that
+    sent it; entries nobody sent stay put.
 
     With ``consensus`` (``vote``, ``union``, ``intersection``) the server also merges
     the clients' latest masks into one global mask after every round, zeroes the
@@ -37,8 +24,10 @@ class MaskedFedAvg(PersonalizedStrategy):
     to a client once, when the client's mask differs).
     """
 
-    def __init__(self, *args, consensus: str = "none", vote_threshold: float = 0.5, **kwargs) -> None:
+    def __init__(self, *args: Any, rule: Rule = masked_mean, consensus: str = "none",
+                 vote_threshold: float = 0.5, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.rule = rule
         self.consensus = consensus
         self.vote_threshold = vote_threshold
         self.global_mask: Masks | None = None
@@ -56,7 +45,7 @@ class MaskedFedAvg(PersonalizedStrategy):
     def combine(self, decoded: list[Decoded]) -> dict[str, torch.Tensor]:
         weights = [weight for _, _, weight in decoded]
         state = {
-            name: masked_mean(
+            name: self.rule(
                 self.global_state[name],
                 [values[name] for values, _, _ in decoded],
                 [sent.get(name) for _, sent, _ in decoded],

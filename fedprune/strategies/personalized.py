@@ -1,32 +1,51 @@
-"""Base strategy: seeded client sampling by partition, per-client payloads, reply checks."""
+"""Base strategy of every method: a Flower ``Strategy`` whose round loop is ``Strategy.start``.
+
+What personalized pruning adds to Flower's strategy:
+
+- Sampling: a seeded ``random.Random`` over partition ids (node ids are random in
+  Flower's simulation, partition ids are not), so runs are reproducible.
+- Payloads: each client gets its own message (``payload``): the dense model at first
+  contact, afterwards only the entries it keeps (its last reported mask) and shares.
+- Evaluation cadence: ``configure_evaluate`` asks for personal accuracy every
+  ``evaluate_every`` rounds and asks every client in the last round; in other rounds it
+  sends nothing.
+- Every reply is validated once (``fedprune.strategies.replies``, then decoded: shapes,
+  finiteness, mask consistency). Only accepted replies reach aggregation, the run's
+  records (``journal``) and ``reports``; a rejected one is recorded with its reason and
+  its client is resynchronised with a dense payload next time.
+
+Subclasses define ``combine`` (the aggregation rule). ``client_masks`` holds the latest
+mask each client reported, ``client_units`` its unit masks, ``post_units`` the unit
+masks that post-training clients chose for their personal models (never sent back).
+"""
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Iterable
-from logging import WARNING
+from dataclasses import dataclass, field
+from logging import INFO
+from typing import Any
 
-import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from fedprune import partial, wire
+from fedprune.partial import Sharing
 from fedprune.pruning.masks import Masks
+from fedprune.strategies.replies import RejectedReply, arrays_of, check_evaluate_reply, check_train_reply, wire_of
 
-#: (partition, server_round) -> entries that partition shares that round ({} = everything)
-SharedPart = Callable[[int, int], Masks]
-
-
-def everything_shared(partition: int, server_round: int) -> Masks:
-    """No partial updates: every entry is shared."""
-    return {}
-
-
+#: full-size tensors, the entries the client sent, and its weight
 Decoded = tuple[dict[str, torch.Tensor], Masks, float]
+#: writes one record of the run (``fedprune.server.records.Recorder.write``)
+Journal = Callable[..., None]
+
+
+def _discard(**record: Any) -> None:
+    """A journal that keeps nothing."""
 
 
 class UnitStructure:
@@ -37,39 +56,61 @@ class UnitStructure:
         self.expand = expand
 
 
-class PersonalizedStrategy(FedAvg):
-    """FedAvg's round structure with what personalized pruning needs.
+@dataclass(frozen=True)
+class Rejection:
+    """A reply the strategy did not use."""
 
-    - Sampling: a seeded ``random.Random`` over partition ids (node ids are random
-      in Flower's simulation, partition ids are not), so runs are reproducible.
-    - Payloads: each client gets its own message (``payload``).
-    - Replies are decoded and checked (shapes, finiteness, mask consistency) before
-      aggregation; a faulty reply is dropped and logged, never aggregated.
-    - ``client_masks`` holds the latest mask each client reported; ``known`` the
-      clients that replied at least once.
-    """
+    partition: int
+    exchange: str  # "train" or "evaluate"
+    server_round: int
+    reason: str
 
-    def __init__(self, template: dict[str, torch.Tensor], partition_of: dict[int, int],
-                 method: str, seed: int, fraction_train: float = 1.0,
-                 fraction_evaluate: float = 1.0, shared_part: SharedPart = everything_shared,
-                 structure: UnitStructure | None = None, frozen: Iterable[str] = ()) -> None:
-        super().__init__(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
-                         min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+
+@dataclass
+class ClientReports:
+    """What accepted replies said, latest per client."""
+
+    sparsity: dict[int, float] = field(default_factory=dict)
+    budget_met: dict[int, bool] = field(default_factory=dict)
+    accuracy: dict[int, float] = field(default_factory=dict)
+
+
+class PersonalizedStrategy(Strategy):
+    """Flower ``Strategy`` for personally pruned clients (see the module docstring)."""
+
+    def __init__(self, template: dict[str, torch.Tensor], partition_of: dict[int, int], method: str, *,
+                 seed: int, num_rounds: int, fraction_train: float = 1.0, fraction_evaluate: float = 1.0,
+                 evaluate_every: int = 1, sharing: Sharing | None = None,
+                 structure: UnitStructure | None = None, reports_units: bool = False,
+                 journal: Journal = _discard) -> None:
         self.template = template
         self.partition_of = partition_of
         self.method = method
         self.rng = random.Random(seed)
-        self.shared_part = shared_part
+        self.num_rounds = num_rounds
+        self.fraction_train = fraction_train
+        self.fraction_evaluate = fraction_evaluate
+        self.evaluate_every = evaluate_every
+        self.sharing = sharing or Sharing(template)
         self.structure = structure
+        self.reports_units = reports_units
+        self.journal = journal
         # tensors that never travel (frozen on both sides): left out of every payload
-        self.frozen: Masks = partial.nothing_of(template, frozen)
+        self.frozen: Masks = partial.nothing_of(template, self.sharing.frozen)
         self.client_masks: dict[int, Masks] = {}
         self.client_units: dict[int, Masks] = {}
-        # unit masks that post-training clients chose for their personal models (never sent to them)
         self.post_units: dict[int, Masks] = {}
         self.known: set[int] = set()
-        self.rejected: list[tuple[int, str]] = []
+        self.rejected: list[Rejection] = []
+        self.reports = ClientReports()
         self.global_state: dict[str, torch.Tensor] = {}
+
+    def summary(self) -> None:
+        """Log the strategy's settings (Flower calls this when ``start`` begins)."""
+        log(INFO, "\t├── method %s, %d clients, %d rounds", self.method, len(self.partition_of), self.num_rounds)
+        log(INFO, "\t├── fraction train %s, fraction evaluate %s, evaluate every %d round(s)",
+            self.fraction_train, self.fraction_evaluate, self.evaluate_every)
+        log(INFO, "\t└── aggregation %s", type(self).__name__)
 
     # ---- sampling and payloads ---------------------------------------------------------
     def sample(self, fraction: float) -> list[int]:
@@ -95,11 +136,11 @@ class PersonalizedStrategy(FedAvg):
 
     def sent_entries(self, masks: Masks | None, partition: int, server_round: int) -> Masks:
         """Entries that travel: kept by ``masks`` and shared by ``partition`` this round."""
-        return partial.intersect(masks, self.shared_part(partition, server_round))
+        return partial.intersect(masks, self.sharing.shared(partition, server_round))
 
     def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                   node_ids: list[int], message_type: str) -> list[Message]:
-        self.global_state = {k: torch.from_numpy(np.asarray(v.numpy()).copy()) for k, v in arrays.items()}
+        self.global_state = dict(arrays.to_torch_state_dict())
         messages = []
         for node_id in node_ids:
             model, wire_config = self.payload(self.partition_of[node_id], server_round)
@@ -115,31 +156,40 @@ class PersonalizedStrategy(FedAvg):
         return self._messages(server_round, arrays, config, self.sample(self.fraction_train),
                               MessageType.TRAIN)
 
+    def evaluates_in(self, server_round: int) -> bool:
+        """Whether personal (and global) accuracy is measured after ``server_round``."""
+        return server_round == self.num_rounds or server_round % self.evaluate_every == 0
+
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """Personal evaluation on a seeded sample (``config['all-clients']`` asks everyone)."""
-        fraction = 1.0 if config.get("all-clients", False) else self.fraction_evaluate
-        return self._messages(server_round, arrays, config, self.sample(fraction),
-                              MessageType.EVALUATE)
+        """Personal evaluation on a seeded sample in evaluation rounds (every client in the last)."""
+        if not self.evaluates_in(server_round):
+            return []
+        fraction = 1.0 if server_round == self.num_rounds else self.fraction_evaluate
+        return self._messages(server_round, arrays, config, self.sample(fraction), MessageType.EVALUATE)
 
     # ---- replies ------------------------------------------------------------------------
-    def decode(self, message: Message) -> Decoded:
+    def _partition(self, message: Message) -> int:
+        return self.partition_of.get(message.metadata.src_node_id, -1)
+
+    def _reject(self, partition: int, exchange: str, server_round: int, reason: str) -> None:
+        self.rejected.append(Rejection(partition, exchange, server_round, reason))
+        self.known.discard(partition)  # resynchronise with a dense payload next time
+        self.journal(method=self.method, round=server_round, phase="rejected", exchange=exchange,
+                     client=partition, reason=reason)
+
+    def decode(self, message: Message, partition: int, weight: float) -> Decoded:
         """Full-size tensors, the entries the client sent, and its weight; raises on faults."""
-        content = message.content
-        weight = float(content["metrics"]["num-examples"])
-        if not (math.isfinite(weight) and weight > 0):
-            raise ValueError(f"num-examples must be positive, got {weight}")
-        partition = self.partition_of[message.metadata.src_node_id]
-        record = content["arrays"]
+        record = arrays_of(message)
         masks = wire.bitmaps_in(record, self.template)
         units = wire.units_in(record, self.structure.sizes) if self.structure else {}
-        if units:
+        if units and self.structure is not None:
             masks = self.structure.expand(units)
         masks = masks or self.client_masks.get(partition)
-        if wire.mask_digest(masks) != int(content["wire"]["mask-digest"]):
-            self.known.discard(partition)  # resynchronise with a dense payload next time
-            raise ValueError("reply's values follow a mask the server does not hold")
-        sent = self.sent_entries(masks, partition, int(content["wire"]["server-round"]))
+        info = wire_of(message)
+        if wire.mask_digest(masks) != int(info["mask-digest"]):  # type: ignore[call-overload]
+            raise RejectedReply("reply's values follow a mask the server does not hold")
+        sent = self.sent_entries(masks, partition, int(info["server-round"]))  # type: ignore[call-overload]
         state = wire.unpack(wire.values_only(record), self.template, sent)
         if masks:
             self.client_masks[partition] = masks
@@ -147,51 +197,86 @@ class PersonalizedStrategy(FedAvg):
             self.client_units[partition] = units
         return state, sent, weight
 
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate and decode every reply, record the accepted ones, aggregate them (``combine``)."""
+        accepted = []
+        for message in sorted(replies, key=self._partition):
+            partition = self._partition(message)
+            try:
+                metrics = check_train_reply(message, partition, server_round)
+                decoded = self.decode(message, partition, metrics["num-examples"])
+            except (RejectedReply, ValueError, KeyError, TypeError) as error:
+                self._reject(partition, "train", server_round, str(error))
+                continue
+            self.known.add(partition)
+            accepted.append((partition, decoded, metrics))
+        for partition, _, metrics in accepted:
+            self._note_train(partition, server_round, metrics)
+        if not accepted:
+            return None, None
+        state = self.combine([decoded for _, decoded, _ in accepted])
+        total = sum(m["num-examples"] for *_, m in accepted)
+        loss = sum(m["train-loss"] * m["num-examples"] for *_, m in accepted) / total
+        self.journal(method=self.method, round=server_round, phase="train-summary", clients=len(accepted),
+                     num_examples=total, train_loss_weighted=loss)
+        return ArrayRecord(state), MetricRecord({"train-loss": loss, "num-examples": total,
+                                                 "clients": len(accepted)})
+
+    def _note_train(self, partition: int, server_round: int, metrics: dict[str, float]) -> None:
+        self.reports.sparsity[partition] = metrics["sparsity"]
+        met = None if metrics["budget-met"] < 0 else bool(metrics["budget-met"])
+        if met is not None:
+            self.reports.budget_met[partition] = met
+        self.journal(method=self.method, round=server_round, phase="train-metrics", client=partition,
+                     train_loss=metrics["train-loss"], sparsity=metrics["sparsity"], budget_met=met,
+                     compute_seconds=metrics["compute-seconds"], num_examples=int(metrics["num-examples"]))
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Validate every evaluate reply, record each client's personal accuracy; return the
+        example-weighted mean accuracy (the summary's ``personal_accuracy_mean`` is the plain
+        mean over clients instead)."""
+        accepted = []
+        for message in sorted(replies, key=self._partition):
+            partition = self._partition(message)
+            try:
+                metrics = check_evaluate_reply(message, partition)
+                if self.reports_units:
+                    self.note_post_units(partition, arrays_of(message))
+            except (RejectedReply, ValueError, KeyError, TypeError) as error:
+                self._reject(partition, "evaluate", server_round, str(error))
+                continue
+            accepted.append((partition, metrics))
+        for partition, metrics in accepted:
+            if self.reports_units:
+                self.reports.sparsity[partition] = metrics["sparsity"]
+            self.reports.accuracy[partition] = metrics["accuracy"]
+            self.journal(method=self.method, round=server_round, phase="personal", client=partition,
+                         accuracy=metrics["accuracy"], sparsity=metrics["sparsity"],
+                         num_examples=int(metrics["num-examples"]))
+        if not accepted:
+            return None
+        total = sum(m["num-examples"] for _, m in accepted)
+        weighted = sum(m["accuracy"] * m["num-examples"] for _, m in accepted) / total
+        self.journal(method=self.method, round=server_round, phase="evaluate-summary", clients=len(accepted),
+                     num_examples=total, accuracy_weighted=weighted)
+        return MetricRecord({"accuracy": weighted, "num-examples": total, "clients": len(accepted)})
+
     def note_post_units(self, partition: int, record: ArrayRecord) -> None:
-        """Keep the unit masks an evaluate reply reports (strategies of post-training methods,
-        which have a ``structure``); raises ValueError on a malformed record."""
+        """Keep the unit masks an evaluate reply reports; raises ValueError on a malformed record."""
+        if self.structure is None:
+            raise ValueError("this strategy has no unit structure")
         units = wire.units_in(record, self.structure.sizes)
         if set(units) != set(self.structure.sizes):
-            raise ValueError("evaluate reply: unit masks missing for some groups")
+            raise RejectedReply("unit masks missing for some groups")
         self.post_units[partition] = units
 
     def personal_structure(self, partition: int) -> tuple[Masks | None, Masks | None]:
         """The entry masks and unit masks of ``partition``'s personal model (None: dense or unknown)."""
-        if partition in self.post_units:
+        if partition in self.post_units and self.structure is not None:
             units = self.post_units[partition]
             return self.structure.expand(units), units
         return self.client_masks.get(partition), self.client_units.get(partition)
-
-    def valid_replies(self, replies: Iterable[Message]) -> list[tuple[int, Decoded, Message]]:
-        """Decoded good replies sorted by partition id; faulty ones are logged and dropped."""
-        good = []
-        for message in replies:
-            partition = self.partition_of.get(message.metadata.src_node_id, -1)
-            if message.has_error():
-                self.rejected.append((partition, message.error.reason))
-                self.known.discard(partition)  # resynchronise with a dense payload next time
-                continue
-            try:
-                decoded = self.decode(message)
-            except (KeyError, ValueError, TypeError) as error:
-                log(WARNING, "dropping reply of client %s: %s", partition, error)
-                self.rejected.append((partition, str(error)))
-                self.known.discard(partition)  # resynchronise with a dense payload next time
-                continue
-            self.known.add(partition)
-            good.append((partition, decoded, message))
-        good.sort(key=lambda item: item[0])
-        return good
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate the good replies (``combine``) and average their metrics."""
-        good = self.valid_replies(replies)
-        if not good:
-            return None, None
-        state = self.combine([decoded for _, decoded, _ in good])
-        metrics = self.train_metrics_aggr_fn([msg.content for *_, msg in good], self.weighted_by_key)
-        return ArrayRecord({k: Array(v.numpy()) for k, v in state.items()}), metrics
 
     def combine(self, decoded: list[Decoded]) -> dict[str, torch.Tensor]:
         """The new global tensors from decoded replies (subclasses define the rule)."""

@@ -1,4 +1,4 @@
-"""Local training and evaluation of a (possibly masked) model: pure torch."""
+"""Training and evaluation of a (possibly masked) model on local tensors: pure torch."""
 
 from __future__ import annotations
 

@@ -1,0 +1,66 @@
+"""The federation's data: every client's local train/test split, built from an ``ExperimentConfig``.
+
+Cached per process: a Ray worker that serves many clients loads and partitions the
+data once. Text is tokenized once for all clients (cached on disk, ``token_cache``) and
+packed into ``(rows, 2, tokens)`` tensors (``fedprune.models.text.pack_tokens``).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import datasets
+import torch
+
+from fedprune.config import ExperimentConfig, dataset_args
+from fedprune.data.datasets import TEXT_DATASETS, load_dataset
+from fedprune.data.partition import ClientData, client_data, client_split, make_partitioner
+
+
+def _data_key(cfg: ExperimentConfig) -> tuple:
+    text = ((cfg.pretrained, cfg.max_length, cfg.max_train_examples, cfg.max_test_examples)
+            if cfg.dataset in TEXT_DATASETS else ())
+    return (dataset_args(cfg), cfg.partitioner, cfg.num_clients, cfg.classes_per_client,
+            cfg.dirichlet_alpha, cfg.clients_per_domain, cfg.test_fraction, cfg.seed, text)
+
+
+def token_cache() -> Path:
+    """Where tokenized texts are cached: ``$FEDPRUNE_CACHE/tokens`` (default ``~/.cache/fedprune``)."""
+    return Path(os.environ.get("FEDPRUNE_CACHE", Path.home() / ".cache" / "fedprune")) / "tokens"
+
+
+@lru_cache(maxsize=8)
+def _all_clients(key: tuple) -> tuple[ClientData, ...]:
+    data, partitioner, num_clients, classes, alpha, per_domain, test_fraction, seed, text = key
+    table, _ = load_dataset(*data)
+    splitter = make_partitioner(partitioner, num_clients, seed, alpha=alpha, classes_per_client=classes,
+                                clients_per_group=per_domain)
+    splitter.dataset = table
+    if not text:
+        return tuple(client_data(splitter, table, c, test_fraction, seed) for c in range(num_clients))
+    pretrained, max_length, max_train, max_test = text
+    parts = [part.select_columns(["text", "label"]) for c in range(num_clients)
+             for part in client_split(splitter, table, c, test_fraction, seed, max_train, max_test)]
+    # One tokenizer call (cached on disk) for every client's texts, then cut back into parts.
+    from fedprune.data.text import tokenize
+    from fedprune.models.text import load_tokenizer, pack_tokens
+
+    tokens = tokenize(datasets.concatenate_datasets(parts), load_tokenizer(pretrained), max_length,
+                      cache_dir=token_cache())
+    inputs = pack_tokens(tokens["input_ids"], tokens["attention_mask"])
+    sizes = [len(part) for part in parts]
+    pieces = list(zip(inputs.split(sizes), tokens["labels"].split(sizes)))
+    return tuple(ClientData(*pieces[2 * c], *pieces[2 * c + 1]) for c in range(num_clients))
+
+
+def clients_data(cfg: ExperimentConfig) -> tuple[ClientData, ...]:
+    """Every client's local train/test split, indexed by partition id (text: packed token tensors)."""
+    return _all_clients(_data_key(cfg))
+
+
+def union_test_set(cfg: ExperimentConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The union of all clients' local test parts (for the global model's accuracy)."""
+    parts = clients_data(cfg)
+    return torch.cat([p.test_x for p in parts]), torch.cat([p.test_y for p in parts])

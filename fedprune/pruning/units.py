@@ -1,0 +1,148 @@
+"""Structured pruners: whole units chosen by a unit selector, squeezed into smaller dense models.
+
+``StructuredPruner`` is one pruner parametrised by its selector; ``MIPruner`` (layer-wise
+mutual information, Fan et al. 2021), ``L1StructuredPruner`` and ``RandomStructuredPruner``
+are its small subclasses. Their masks are unit masks (group name -> bool vector);
+``fedprune.models.structure.expand_unit_mask`` turns them into entry masks and
+``fedprune.pruning.squeeze.squeeze`` into a smaller dense model.
+
+``post_prune`` is the post-training variant (``mi-post``): prune a trained dense model
+once, squeeze it, and refit the layers that read pruned units (``reconstruct``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedprune.models.structure import expand_unit_mask, unit_groups, weight_names
+from fedprune.options import at_least, option
+from fedprune.pruning.masks import Masks
+from fedprune.pruning.pruner import STRUCTURED, PruneData, Pruner
+from fedprune.pruning.reconstruct import reconstruct
+from fedprune.pruning.schedule import CubicSchedule
+from fedprune.pruning.selectors import L1Selector, MISelector, RandomSelector, UnitSelector
+from fedprune.pruning.squeeze import squeeze
+from fedprune.pruning.structured import ALLOCATIONS, select_units
+
+STRUCTURED_OPTIONS = (
+    option("structured_schedule", "gradual",
+           "`gradual`: the cubic schedule, each new unit set nested in the last; `once`: dense "
+           "warm-up rounds, then straight to `final_sparsity` at the end of round `prune_start_round`",
+           choices=("gradual", "once")),
+    option("mi_allocation", "uniform",
+           "how kept units are spread over layers (every structured pruner): `uniform`, every layer "
+           "keeps the same fraction; `global`, rank all units by score normalised within their layer; "
+           "`kind`, `global` decides how much of each kind of unit (heads, FFN neurons, an MLP's hidden "
+           "neurons) is kept, every layer keeps that fraction", choices=ALLOCATIONS),
+)
+MI_OPTIONS = (
+    option("mi_estimator", "gaussian", "MI estimator: `gaussian` (log-det of shrunk covariances) or "
+           "`binned` (equal-frequency plug-in)", choices=("gaussian", "binned")),
+    option("mi_greedy", False, "redundancy-aware greedy selection by conditional MI given the units "
+           "already chosen (Gaussian only)"),
+    option("mi_max_rows", 2048, "at most this many local training examples feed the activation "
+           "statistics", bounds=at_least(2)),
+)
+
+#: at most this many local examples calibrate the post-training refit (one forward pass)
+CALIBRATION_ROWS = 512
+
+
+def _kept_weights(model: nn.Module, masks: Masks, names: list[str]) -> int:
+    params = dict(model.named_parameters())
+    return sum(int(masks[n].sum()) if n in masks else params[n].numel() for n in names)
+
+
+class StructuredPruner(Pruner):
+    """Whole units ranked by ``make_selector()``; each new unit set nested in the last."""
+
+    granularity = STRUCTURED
+    options = STRUCTURED_OPTIONS
+
+    def __init__(self, schedule: CubicSchedule, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(schedule, settings)
+        if self.settings["structured_schedule"] == "once":  # dense warm-up, then one jump
+            final, start = schedule.final, schedule.start
+            self.schedule = CubicSchedule(final, final, start, start)
+
+    def make_selector(self) -> UnitSelector:
+        """The selector that ranks units (subclasses choose)."""
+        raise NotImplementedError
+
+    def prune(self, model: nn.Module, current: Masks | None, sparsity: float, data: PruneData) -> Masks:
+        """Unit masks at parameter sparsity ``sparsity``, nested inside ``current``.
+
+        Selection runs on the model squeezed to ``current`` (only units still kept compete),
+        at the sparsity that brings the full model to ``sparsity``; the result is mapped
+        back to full-size unit indices.
+        """
+        groups = unit_groups(model)
+        names = weight_names(model, groups)
+        params = dict(model.named_parameters())
+        total = sum(params[n].numel() for n in names)
+        small = squeeze(model, current, groups) if current else model
+        kept_now = _kept_weights(model, expand_unit_mask(model, groups, current), names) if current else total
+        relative = max(0.0, 1.0 - (1.0 - sparsity) * total / kept_now)
+        chosen = select_units(small, self.make_selector(), relative, data.x, data.y,
+                              allocation=self.settings["mi_allocation"],
+                              seed=data.seed_for("select", data.client, data.step))
+        if not current:
+            return chosen
+        result = {}
+        for name, inner in chosen.items():
+            full = current[name].clone()
+            full[current[name].nonzero().squeeze(1)] = inner
+            result[name] = full
+        return result
+
+
+class MIPruner(StructuredPruner):
+    """Layer-wise mutual-information unit selection, top-down from the labels."""
+
+    options = STRUCTURED_OPTIONS + MI_OPTIONS
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        if settings["mi_greedy"] and settings["mi_estimator"] != "gaussian":
+            raise ValueError('mi_greedy: greedy selection uses Gaussian conditional MI; '
+                             'set mi_estimator = "gaussian"')
+
+    def make_selector(self) -> UnitSelector:
+        return MISelector(self.settings["mi_estimator"], self.settings["mi_greedy"],
+                          self.settings["mi_max_rows"])
+
+
+class L1StructuredPruner(StructuredPruner):
+    """Units with the largest L1 weight norm."""
+
+    def make_selector(self) -> UnitSelector:
+        return L1Selector()
+
+
+class RandomStructuredPruner(StructuredPruner):
+    """Random units (seeded per client and step)."""
+
+    def make_selector(self) -> UnitSelector:
+        return RandomSelector()
+
+
+def post_prune(model: nn.Module, pruner: StructuredPruner, sparsity: float,
+               data: PruneData) -> tuple[nn.Module, Masks]:
+    """Prune the trained dense ``model`` once: units at ``sparsity`` chosen on ``data``,
+    squeezed, and the layers reading pruned units refit towards ``model``
+    (``fedprune.pruning.reconstruct``) on the first ``CALIBRATION_ROWS`` of ``data.x``.
+    Returns the squeezed model and its unit masks; ``model`` is unchanged."""
+    units = pruner.prune(model, None, sparsity, data)
+    small = squeeze(model, units)
+    reconstruct(small, model, units, data.x[:CALIBRATION_ROWS])
+    return small, units
+
+
+def param_masks(model: nn.Module, units: Masks) -> Masks:
+    """Entry-level masks (weights and biases) of the unit masks."""
+    return expand_unit_mask(model, unit_groups(model), units)
+

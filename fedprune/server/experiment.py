@@ -1,0 +1,190 @@
+"""One method's run: its strategy on Flower's ``Strategy.start``, then its summary row and costs.
+
+The round loop is Flower's (``Strategy.start``: configure_train -> send -> aggregate_train
+-> configure_evaluate -> send -> aggregate_evaluate -> evaluate_fn). fedprune plugs in
+through Flower's own extension points: the strategy (``fedprune.strategies``) decides
+payloads, cadence and validation and writes the client records; ``CountingGrid`` counts
+bytes; ``RoundEnd``, the ``evaluate_fn``, measures the global model in evaluation rounds
+and prints the progress line of every round.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from torch import nn
+
+from fedprune import wire
+from fedprune.config import ExperimentConfig
+from fedprune.data.federation import union_test_set
+from fedprune.device.profiles import profile_threads
+from fedprune.methods import METHODS, Method
+from fedprune.models.factory import initial_model, new_model, sharing
+from fedprune.models.structure import expand_unit_mask, unit_groups
+from fedprune.server.costs import mean_costs, personal_costs
+from fedprune.server.grid import CountingGrid
+from fedprune.server.records import Recorder
+from fedprune.strategies import AGGREGATION_RULES, DenseFedAvg, LocalOnly, MaskedFedAvg, PersonalizedStrategy
+from fedprune.strategies.personalized import Journal, UnitStructure
+from fedprune.training import accuracy
+
+TIMEOUT_S = 3600.0
+MB = 1e6
+
+
+def discover_partitions(grid: Grid, recorder: Recorder, expected: int, wait_s: float = 120.0) -> dict[int, int]:
+    """Wait for ``expected`` nodes, then ask each for its partition id (one small query each)."""
+    deadline = time.monotonic() + wait_s
+    while len(nodes := sorted(grid.get_node_ids())) < expected:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(nodes)} nodes connected after {wait_s:.0f}s, config asks for {expected}")
+        time.sleep(0.2)
+    queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+    replies = list(grid.send_and_receive(queries, timeout=TIMEOUT_S))
+    mapping = {}
+    for reply in replies:
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id} failed to report its partition: "
+                               f"{reply.error.reason}")
+        mapping[reply.metadata.src_node_id] = int(reply.content.metric_records["info"]["partition-id"])
+    # Record the query's bytes once the partition of every node is known.
+    for query, reply in zip(sorted(queries, key=lambda m: m.metadata.dst_node_id),
+                            sorted(replies, key=lambda m: m.metadata.src_node_id)):
+        recorder.write(method=None, round=0, phase="setup", client=mapping[reply.metadata.src_node_id],
+                       bytes_down=wire.message_bytes(query), bytes_up=wire.message_bytes(reply))
+    return mapping
+
+
+def make_strategy(cfg: ExperimentConfig, name: str, model: nn.Module, partition_of: dict[int, int],
+                  journal: Journal | None = None) -> PersonalizedStrategy:
+    """The strategy of method ``name`` for the initial ``model``.
+
+    A method that does not federate gets ``LocalOnly``; a dense method without partial
+    updates Flower's FedAvg mean (``DenseFedAvg``); every other one the per-entry rule of
+    ``aggregation`` over the clients that sent each entry (``MaskedFedAvg``), with one
+    global mask (``global_mask``) for unstructured pruners.
+    """
+    method = METHODS[name]
+    template = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    shares = sharing(cfg, model)
+    common: dict = dict(seed=cfg.seed, num_rounds=cfg.rounds, fraction_train=cfg.fraction_train,
+                        fraction_evaluate=cfg.fraction_evaluate, evaluate_every=cfg.evaluate_every,
+                        sharing=shares, reports_units=method.personal.reports_units)
+    if journal is not None:
+        common["journal"] = journal
+    if method.structured or method.personal.reports_units:
+        groups = unit_groups(model)
+        common["structure"] = UnitStructure({g.name: g.size for g in groups},
+                                            lambda units: expand_unit_mask(model, groups, units))
+    if not method.federated:
+        return LocalOnly(template, partition_of, name, **common)
+    if method.pruner is None and not shares.partial and cfg.aggregation == "mean":
+        return DenseFedAvg(template, partition_of, name, **common)
+    # One global mask is for unstructured masks (a union of squeezed models is not squeezed).
+    consensus = cfg.global_mask if method.pruner is not None and not method.structured else "none"
+    return MaskedFedAvg(template, partition_of, name, rule=AGGREGATION_RULES[cfg.aggregation],
+                        consensus=consensus, vote_threshold=cfg.vote_threshold, **common)
+
+
+def global_accuracy(cfg: ExperimentConfig, method: Method, arrays: ArrayRecord) -> float:
+    """The global model's accuracy on the union of all clients' test parts."""
+    model = new_model(cfg, method.model)
+    model.load_state_dict(arrays.to_torch_state_dict())
+    x, y = union_test_set(cfg)
+    return accuracy(model, x, y)
+
+
+class RoundEnd:
+    """``evaluate_fn`` of ``Strategy.start``: called after every round (and once before the
+    first, which it ignores). In evaluation rounds it measures the global model (methods
+    that federate) and records it; every round it prints one progress line."""
+
+    def __init__(self, cfg: ExperimentConfig, method: Method, strategy: PersonalizedStrategy,
+                 grid: CountingGrid, journal: Journal, progress: Callable[[str], None]) -> None:
+        self.cfg, self.method, self.strategy, self.grid = cfg, method, strategy, grid
+        self.journal, self.progress = journal, progress
+        self.global_accuracy: float | None = None
+        self.round_started = time.perf_counter()
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            self.round_started = time.perf_counter()
+            return None
+        result = None
+        if self.strategy.evaluates_in(server_round):
+            if self.method.federated:
+                self.global_accuracy = global_accuracy(self.cfg, self.method, arrays)
+                result = MetricRecord({"global-accuracy": self.global_accuracy})
+            self.journal(method=self.method.name, round=server_round, phase="global",
+                         global_accuracy=self.global_accuracy)
+        accuracies = self.strategy.reports.accuracy.values()
+        mean_acc = statistics.fmean(accuracies) if accuracies else float("nan")
+        self.progress(f"[{self.method.name}] round {server_round}/{self.cfg.rounds}  "
+                      f"{time.perf_counter() - self.round_started:5.2f}s  personal acc {mean_acc:.3f}  "
+                      f"up {self.grid.bytes_up / MB:.3f} MB  down {self.grid.bytes_down / MB:.3f} MB")
+        self.round_started = time.perf_counter()
+        return result
+
+
+def run_method(cfg: ExperimentConfig, name: str, grid: Grid, recorder: Recorder, partition_of: dict[int, int],
+               progress: Callable[[str], None]) -> dict:
+    """Run ``cfg.rounds`` rounds of method ``name`` on ``grid``; return its summary row."""
+    started = time.perf_counter()
+    method = METHODS[name]
+    model = initial_model(cfg, method.model)
+    initial = ArrayRecord(model.state_dict())
+    strategy = make_strategy(cfg, name, model, partition_of, recorder.write)
+    counting = CountingGrid(grid, recorder.write, partition_of, counted=method.federated)
+    round_end = RoundEnd(cfg, method, strategy, counting, recorder.write, progress)
+    result = strategy.start(counting, initial, cfg.rounds, timeout=TIMEOUT_S, evaluate_fn=round_end)
+    final = dict((result.arrays if len(result.arrays) else initial).to_torch_state_dict())
+    row = summary_row(cfg, name, strategy, counting, round_end.global_accuracy, time.perf_counter() - started)
+    save_personal_models(recorder.out_dir / "models" / f"{name}.pt", final, strategy)
+    structures = {p: strategy.personal_structure(p) for p in sorted(partition_of.values())}
+    costs = personal_costs(cfg, method.model, final, {p: masks for p, (masks, _) in structures.items()},
+                           {p: units for p, (_, units) in structures.items()}, profile_threads(cfg))
+    for partition, cost in costs.items():
+        recorder.write(method=name, round=cfg.rounds, phase="device", client=partition, **cost)
+    row.update(mean_costs(costs))
+    return row
+
+
+def save_personal_models(path: Path, global_state: dict[str, torch.Tensor],
+                         strategy: PersonalizedStrategy) -> None:
+    """What the server knows of every personal model: the global tensors and each client's
+    mask (and unit masks; for post-training methods the ones reported at evaluation, whose
+    refit values stay on the client); ``fedprune device`` rebuilds the personal models from
+    it (structure, hence cost, is exact)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clients = sorted(set(strategy.client_masks) | set(strategy.post_units))
+    structures = {p: strategy.personal_structure(p) for p in clients}
+    torch.save({"global": global_state, "masks": {p: m for p, (m, _) in structures.items() if m is not None},
+                "units": {p: u for p, (_, u) in structures.items() if u is not None}}, path)
+
+
+def summary_row(cfg: ExperimentConfig, name: str, strategy: PersonalizedStrategy, grid: CountingGrid,
+                global_acc: float | None, seconds: float) -> dict:
+    """The summary.json object of one method (accepted replies only)."""
+    reports = strategy.reports
+    accuracies = list(reports.accuracy.values())
+    return {
+        "method": name,
+        "rounds": cfg.rounds,
+        "clients": cfg.num_clients,
+        "personal_accuracy_mean": statistics.fmean(accuracies) if accuracies else None,
+        "personal_accuracy_min": min(accuracies) if accuracies else None,
+        "global_accuracy": global_acc,
+        "bytes_up": grid.bytes_up,
+        "bytes_down": grid.bytes_down,
+        "sparsity": statistics.fmean(reports.sparsity.values()) if reports.sparsity else 0.0,
+        "seconds": seconds,
+        "rejected_replies": len(strategy.rejected),
+        # every client with a device profile met its budget at its last report (None: no profiles)
+        "budget_met": all(reports.budget_met.values()) if reports.budget_met else None,
+    }

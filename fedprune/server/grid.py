@@ -1,0 +1,84 @@
+"""A Flower ``Grid`` that counts what crosses the network: every message's bytes, both ways.
+
+``CountingGrid`` implements Flower's ``Grid`` interface by delegating to the real grid
+(simulation or deployment engine), so ``Strategy.start`` runs on it unchanged. For every
+message sent with ``send_and_receive`` it records one line per client (method, round and
+phase read from the message itself) and keeps running totals. A method that does not
+federate (``local``) is counted as 0 bytes: its messages only carry the order to train,
+which a real deployment would not send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flwr.app import Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from fedprune import wire
+
+PHASES = {MessageType.TRAIN: "train", MessageType.EVALUATE: "evaluate", MessageType.QUERY: "setup"}
+
+
+class CountingGrid(Grid):
+    """Delegates to ``grid``; ``send_and_receive`` records the bytes of every message.
+
+    ``journal`` receives one record per client and exchange; ``partition_of`` maps node
+    ids to partition ids; ``counted`` False records 0 bytes (nothing would be sent).
+    """
+
+    def __init__(self, grid: Grid, journal: Callable[..., None], partition_of: dict[int, int],
+                 counted: bool = True) -> None:
+        self.grid = grid
+        self.journal = journal
+        self.partition_of = partition_of
+        self.counted = counted
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+    # ---- the counted exchange -------------------------------------------------------------
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Send ``messages``, wait for the replies, record down/up bytes per client."""
+        messages = list(messages)
+        if not messages:
+            return []
+        size = wire.message_bytes if self.counted else (lambda _: 0)
+        down = {m.metadata.dst_node_id: size(m) for m in messages}
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        up = {r.metadata.src_node_id: size(r) for r in replies}
+        config = messages[0].content.config_records.get("config")
+        method = None if config is None else config.get("method")
+        server_round = 0 if config is None else int(config.get("server-round", 0))  # type: ignore[call-overload]
+        phase = PHASES.get(messages[0].metadata.message_type, messages[0].metadata.message_type)
+        for node, sent in sorted(down.items(), key=lambda item: self.partition_of.get(item[0], -1)):
+            self.journal(method=method, round=server_round, phase=phase, client=self.partition_of.get(node),
+                         bytes_down=sent, bytes_up=up.get(node, 0))
+        self.bytes_down += sum(down.values())
+        self.bytes_up += sum(up.values())
+        return replies
+
+    # ---- everything else is the real grid's ------------------------------------------------
+    @property
+    def run(self) -> Run:
+        return self.grid.run
+
+    def set_run(self, run: Run) -> None:
+        self.grid.set_run(run)
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def get_nodes(self) -> Any:
+        return self.grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
