@@ -32,7 +32,6 @@ from fedprune.pruning.random_masks import RandomPruner
 from fedprune.pruning.units import L1StructuredPruner, MIPruner, RandomStructuredPruner, StructuredPruner
 
 
-
 @dataclass(frozen=True)
 class PersonalModel:
     """How a client makes its personal model at evaluation from the model it holds.
@@ -45,6 +44,13 @@ class PersonalModel:
 
     finetune: bool = False
     prune: type[StructuredPruner] | None = None
+
+    @property
+    def options(self) -> tuple[Option, ...]:
+        """The settings its post-training pruner reads (its schedule's options do not apply)."""
+        if self.prune is None:
+            return ()
+        return tuple(opt for opt in self.prune.options if opt.name not in self.prune.schedule_options)
 
     @property
     def reports_units(self) -> bool:
@@ -86,8 +92,8 @@ class Method:
     @property
     def options(self) -> tuple[Option, ...]:
         """The settings its parts read."""
-        parts = [self.pruner, self.personal.prune]
-        return tuple(opt for part in parts if part is not None for opt in part.options)
+        own = self.pruner.options if self.pruner is not None else ()
+        return (*own, *self.personal.options)
 
 
 def _registry(*methods: Method) -> dict[str, Method]:

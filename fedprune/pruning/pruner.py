@@ -81,6 +81,8 @@ class Pruner(ABC):
     granularity: ClassVar[str] = UNSTRUCTURED
     #: the settings this pruner reads (flat config keys; documented in docs/configuration.md)
     options: ClassVar[tuple[Option, ...]] = ()
+    #: those of ``options`` that only shape its schedule (unused when it prunes once, after training)
+    schedule_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, schedule: CubicSchedule, settings: Mapping[str, Any] | None = None) -> None:
         self.settings = read_options(type(self).options, settings or {})

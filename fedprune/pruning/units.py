@@ -15,11 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import nn
 
 from fedprune.models.structure import expand_unit_mask, unit_groups, weight_names
-from fedprune.options import at_least, option
+from fedprune.options import Option, at_least, option
 from fedprune.pruning.masks import Masks
 from fedprune.pruning.pruner import STRUCTURED, PruneData, Pruner
 from fedprune.pruning.reconstruct import reconstruct
@@ -28,7 +27,7 @@ from fedprune.pruning.selectors import L1Selector, MISelector, RandomSelector, U
 from fedprune.pruning.squeeze import squeeze
 from fedprune.pruning.structured import ALLOCATIONS, select_units
 
-STRUCTURED_OPTIONS = (
+STRUCTURED_OPTIONS: tuple[Option, ...] = (
     option("structured_schedule", "gradual",
            "`gradual`: the cubic schedule, each new unit set nested in the last; `once`: dense "
            "warm-up rounds, then straight to `final_sparsity` at the end of round `prune_start_round`",
@@ -39,7 +38,7 @@ STRUCTURED_OPTIONS = (
            "`kind`, `global` decides how much of each kind of unit (heads, FFN neurons, an MLP's hidden "
            "neurons) is kept, every layer keeps that fraction", choices=ALLOCATIONS),
 )
-MI_OPTIONS = (
+MI_OPTIONS: tuple[Option, ...] = (
     option("mi_estimator", "gaussian", "MI estimator: `gaussian` (log-det of shrunk covariances) or "
            "`binned` (equal-frequency plug-in)", choices=("gaussian", "binned")),
     option("mi_greedy", False, "redundancy-aware greedy selection by conditional MI given the units "
@@ -62,6 +61,7 @@ class StructuredPruner(Pruner):
 
     granularity = STRUCTURED
     options = STRUCTURED_OPTIONS
+    schedule_options = ("structured_schedule",)
 
     def __init__(self, schedule: CubicSchedule, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(schedule, settings)
