@@ -10,14 +10,13 @@ from torch import nn
 
 from fedprune.models import CNN, MLP
 from fedprune.models.structure import unit_groups
-from fedprune.pruning.selectors import L1Selector, MISelector, RandomSelector
 from fedprune.pruning.mi import BinnedMI, GaussianMI, greedy_order
+from fedprune.pruning.selectors import L1Selector, MISelector, RandomSelector
 from fedprune.pruning.structured import (
     ParamBudget,
     collect_activations,
     global_counts,
     kind_counts,
-    kind_of,
     select_units,
     unit_sparsity,
 )
@@ -275,11 +274,10 @@ def test_mi_selection_on_tiny_bert() -> None:
         assert abs(unit_sparsity(model, unit_groups(model), masks) - 0.5) < 0.1
 
 
-def test_kind_names_drop_layer_numbers() -> None:
-    assert kind_of("net.bert.encoder.layer.3.ffn") == "net.bert.encoder.layer.#.ffn"
-    assert kind_of("net.bert.encoder.layer.11.heads") == "net.bert.encoder.layer.#.heads"
-    assert kind_of("body.0") == kind_of("body.2") == "body.#"
-    assert kind_of("fc") == "fc"
+def test_families_label_unit_kinds_across_layers() -> None:
+    assert [g.kind for g in unit_groups(MLP(8, 2, (16, 16, 4)))] == ["mlp_hidden"] * 3
+    assert [g.kind for g in unit_groups(CNN((1, 8, 8), 3, (4, 6), 8))] == ["conv_channel", "conv_channel",
+                                                                           "fc_hidden"]
 
 
 def test_kind_allocation_spreads_each_kinds_global_share_evenly() -> None:

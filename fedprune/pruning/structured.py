@@ -22,9 +22,9 @@ Allocation:
   so that every group's target is the final kept set of the group above. Caveat: a group
   with few units (4-12 heads) often has all its scores near its own maximum, so global
   mode tends to keep heads and prune FFN neurons harder.
-* ``kind``: the global ranking decides how much of each *kind* of unit is kept (a kind
-  is a group name with its layer numbers removed: BERT heads, BERT FFN neurons, the
-  hidden neurons of an MLP); every layer then keeps the same fraction of a kind (one
+* ``kind``: the global ranking decides how much of each *kind* of unit is kept (the
+  ``UnitGroup.kind`` the model family gives: BERT heads, BERT FFN neurons, the hidden
+  neurons of an MLP, CNN channels); every layer then keeps the same fraction of a kind (one
   scale factor, found by bisection, meets the budget). Scores of different layers are
   measured against different targets, so they set proportions between kinds, not
   between layers: on MiniLM the per-layer counts of ``global`` range from 116 to 840
@@ -110,7 +110,7 @@ def uniform_counts(budget: ParamBudget, sizes: list[int], sparsity: float,
     shares = shares or [1.0] * len(sizes)
 
     def counts(fraction: float) -> list[int]:
-        return [min(size, max(1, round(fraction * share * size))) for size, share in zip(sizes, shares)]
+        return [min(size, max(1, round(fraction * share * size))) for size, share in zip(sizes, shares, strict=True)]
 
     # sparsity(counts(low)) > target >= sparsity(counts(high))
     low, high = 0.0, 1.0 / min(shares)  # global_counts keeps >= 1 unit per group: shares > 0
@@ -151,18 +151,14 @@ def global_counts(budget: ParamBudget, rankings: list[Ranking], sparsity: float)
     return counts
 
 
-def kind_of(name: str) -> str:
-    """A group's kind: its name with the layer numbers removed (``layer.3.ffn`` -> ``layer.#.ffn``)."""
-    return ".".join("#" if part.isdigit() else part for part in name.split("."))
-
-
 def kind_counts(budget: ParamBudget, groups: list[UnitGroup], rankings: list[Ranking],
                 sparsity: float) -> list[int]:
-    """``global_counts`` pooled per kind, then spread as one kept fraction per kind."""
+    """``global_counts`` pooled per kind (``UnitGroup.kind``, as the model family labels its
+    groups), then spread as one kept fraction per kind."""
     kept = global_counts(budget, rankings, sparsity)
-    kinds = [kind_of(group.name) for group in groups]
+    kinds = [group.kind for group in groups]
     totals: dict[str, list[int]] = {}
-    for kind, group, count in zip(kinds, groups, kept):
+    for kind, group, count in zip(kinds, groups, kept, strict=True):
         total = totals.setdefault(kind, [0, 0])
         total[0] += count
         total[1] += group.size
@@ -299,7 +295,7 @@ def collect_activations(
 
 def _masks(groups: list[UnitGroup], rankings: list[Ranking], counts: list[int]) -> dict[str, torch.Tensor]:
     masks = {}
-    for group, (order, _), count in zip(groups, rankings, counts):
+    for group, (order, _), count in zip(groups, rankings, counts, strict=True):
         mask = torch.zeros(group.size, dtype=torch.bool)
         mask[order[:count]] = True
         masks[group.name] = mask
