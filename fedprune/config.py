@@ -35,6 +35,7 @@ from fedprune.pruning.consensus import RULES
 from fedprune.pruning.pruner import read_options
 from fedprune.strategies.rules import AGGREGATION_RULES
 
+
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the field."""
 

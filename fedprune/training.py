@@ -57,8 +57,9 @@ def train_local(
                 after_backward()
             if masks:
                 for name, mask in masks.items():
-                    if params[name].grad is not None:
-                        params[name].grad.mul_(mask)
+                    grad = params[name].grad
+                    if grad is not None:
+                        grad.mul_(mask)
             step.step()
             if masks:
                 apply_masks(model, masks)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,11 +129,20 @@ def unpack(
     return state
 
 
+def int_of(record: Mapping[str, Any], key: str) -> int:
+    """``record[key]`` (a ConfigRecord, MetricRecord or node-config value) as an int;
+    ``KeyError`` if absent, ``ValueError`` if it is not a number."""
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key!r} is not a number: {value!r}")
+    return int(value)
+
+
 def message_bytes(message: Message) -> int:
     """Serialized payload size of ``message``: every record's ``count_bytes()``.
 
     An error reply carries no records; its reason string is counted instead.
     """
     if message.has_error():
-        return len(message.error.reason.encode())
+        return len((message.error.reason or "").encode())
     return sum(record.count_bytes() for record in message.content.values())

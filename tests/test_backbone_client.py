@@ -6,14 +6,13 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
-from helpers import new_context
-
 from fedprune import wire
 from fedprune.clients.app import handle_evaluate, handle_train
 from fedprune.clients.state import ClientMemory
 from fedprune.config import make_config
 from fedprune.data.federation import clients_data
 from fedprune.models.factory import initial_model, new_model
+from helpers import new_context
 
 CFG = dict(num_clients=2, rounds=2, mlp_widths=[16], prune_start_round=1, prune_end_round=1,
            final_sparsity=0.5, partitioner="iid", local_epochs=1)

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from fedprune.training import train_local
 from fedprune.models import MLP
 from fedprune.pruning import (
     apply_masks,
@@ -20,6 +19,7 @@ from fedprune.pruning import (
     mask_sparsity,
     prunable_names,
 )
+from fedprune.training import train_local
 
 T, F = True, False
 

@@ -9,16 +9,15 @@ import torch
 from flwr.app import RecordDict
 from torch import nn
 
-from helpers import new_context
-
 from fedprune.clients.app import handle_train
 from fedprune.config import ConfigError, make_config
+from fedprune.data.federation import clients_data
 from fedprune.device import flops_per_example, measure_latency, parameter_bytes, sparse_bytes
 from fedprune.device.budget import DeviceProfile, assign_profiles, first_sparsity, fit_sparsity
 from fedprune.models import MLP
-from fedprune.pruning.squeeze import squeeze
-from fedprune.data.federation import clients_data
 from fedprune.models.factory import initial_model
+from fedprune.pruning.squeeze import squeeze
+from helpers import new_context
 
 
 def test_linear_flops_hand_count() -> None:
@@ -122,9 +121,9 @@ def test_unstructured_cannot_meet_flop_budget_but_meets_bytes(task_identity) -> 
 
 def test_device_command_on_saved_run(tmp_path, task_identity) -> None:
     """`fedprune device` rebuilds personal models from models/METHOD.pt and measures them."""
+    from fedprune.server.experiment import save_personal_models
     from fedprune.sim.cli import main
     from fedprune.strategies import MaskedFedAvg
-    from fedprune.server.experiment import save_personal_models
 
     cfg = make_config({"num_clients": 2, "methods": ["gmp"], "final_sparsity": 0.5})
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))

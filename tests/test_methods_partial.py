@@ -9,8 +9,6 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-from helpers import InProcessGrid, new_context, new_strategy
-
 from fedprune import partial, wire
 from fedprune.clients.app import handle_evaluate, handle_train
 from fedprune.clients.state import ClientMemory
@@ -21,6 +19,7 @@ from fedprune.models.cnn import CNNFamily
 from fedprune.models.factory import initial_model, new_model
 from fedprune.models.mlp import MLPFamily
 from fedprune.strategies import MaskedFedAvg
+from helpers import InProcessGrid, new_context, new_strategy
 
 T, F = True, False
 HEAD = ("head.weight", "head.bias")

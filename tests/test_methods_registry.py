@@ -8,9 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-
-from helpers import InProcessGrid, new_strategy
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from fedprune import wire
 from fedprune.clients import app as client_app
@@ -22,6 +20,7 @@ from fedprune.server.experiment import run_method
 from fedprune.server.grid import CountingGrid
 from fedprune.server.records import Recorder
 from fedprune.strategies import DenseFedAvg, LocalOnly, MaskedFedAvg
+from helpers import InProcessGrid, new_strategy
 
 NODES = {31: 0, 32: 1}
 ACCURACY = client_app.accuracy

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from fedprune.config import make_config
-from fedprune.models import CNN, MLP
-from fedprune.models.small_dense import count, shrink_widths
 from fedprune.data import load_dataset
 from fedprune.methods import METHODS
+from fedprune.models import CNN, MLP
 from fedprune.models.factory import new_model, sparse_kept_parameters
+from fedprune.models.small_dense import count, shrink_widths
 
 
 def kept_by_hand(model: nn.Module, sparsity: float) -> int:

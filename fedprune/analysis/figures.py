@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from fedprune.analysis.runs import (
     Run,
@@ -39,7 +41,7 @@ def method_colors(runs: Sequence[Run]) -> dict[str, str]:
     return colors
 
 
-def _figure(width: float = 7.0, height: float = 4.5) -> tuple[Figure, object]:
+def _figure(width: float = 7.0, height: float = 4.5) -> tuple[Figure, Axes]:
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
@@ -70,7 +72,7 @@ def _accuracy_lines(runs: Sequence[Run], path: Path, series, title: str, xlabel:
         for method in run.methods:
             points = series(run.records, method)
             if points:
-                x, y = zip(*points)
+                x, y = zip(*points, strict=True)
                 ax.plot(x, y, color=colors[method], linestyle=LINESTYLES[r % len(LINESTYLES)],
                         marker=MARKERS[r % len(MARKERS)], markersize=4, label=series_label(method, run, several))
     if not ax.lines:
@@ -79,7 +81,7 @@ def _accuracy_lines(runs: Sequence[Run], path: Path, series, title: str, xlabel:
     ax.set_xlabel(xlabel)
     ax.set_ylabel("personal accuracy (fraction correct)")
     if integer_x:
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        cast(MaxNLocator, ax.xaxis.get_major_locator()).set_params(integer=True)  # the default AutoLocator
     ax.grid(alpha=0.3)
     _legend(ax, loc="best")
     return _save(fig, path)
@@ -114,7 +116,7 @@ def plot_accuracy_distribution(runs: Sequence[Run], path: Path) -> Path:
         ax.boxplot([g[2] for g in groups], positions=positions, widths=0.5, showfliers=False,
                    medianprops={"color": "black"})
         jitter = np.random.default_rng(0)
-        for pos, (_, method, values) in zip(positions, groups):
+        for pos, (_, method, values) in zip(positions, groups, strict=True):
             xs = pos + jitter.uniform(-0.15, 0.15, size=len(values))
             ax.scatter(xs, values, s=16, color=colors[method], alpha=0.8, zorder=3, edgecolors="none")
         ax.set_xticks(positions, [g[0] for g in groups], rotation=30 if len(groups) > 4 else 0,
@@ -151,7 +153,7 @@ def plot_speedup_vs_sparsity(runs: Sequence[Run], path: Path, show_flop_limit: b
                        zorder=3, label=method)
             flops = [(p["sparsity"], p["flop_limit"]) for p in points if p.get("flop_limit")]
             if show_flop_limit and flops:
-                fx, fy = zip(*flops)
+                fx, fy = zip(*flops, strict=True)
                 ax.scatter(fx, fy, s=40, facecolors="none", edgecolors=colors[method], linewidths=1.0,
                            alpha=0.7, zorder=2)
         if show_flop_limit and any(p.get("flop_limit") for p in all_points):

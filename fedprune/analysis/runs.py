@@ -82,7 +82,7 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
     ``method`` alone for one run, ``method [folder name]`` for several (see ``Run.label``)."""
     runs = [load_run(p) for p in paths]
     names = [run.path.resolve().name or str(run.path) for run in runs]
-    for index, (run, name) in enumerate(zip(runs, names)):
+    for index, (run, name) in enumerate(zip(runs, names, strict=True)):
         run.label = name if names.count(name) == 1 else f"{name}#{index + 1}"
     return runs
 

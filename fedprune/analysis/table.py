@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 MB = 1e6
 
@@ -23,7 +24,7 @@ COLUMNS = (
 )
 
 
-def _cell(value: object, fmt: str) -> str:
+def _cell(value: Any, fmt: str) -> str:
     if value is None:
         return "-"
     if fmt == "mb":
@@ -39,7 +40,10 @@ def format_table(rows: Sequence[dict]) -> str:
     cells = [[header for header, _, _ in columns]]
     cells += [[_cell(row.get(key), fmt) for _, key, fmt in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    lines = ["  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(line, widths)))
-             for line in cells]
+    def justify(line: list[str]) -> str:
+        pairs = enumerate(zip(line, widths, strict=True))
+        return "  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in pairs)
+
+    lines = [justify(line) for line in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

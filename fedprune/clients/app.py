@@ -72,7 +72,7 @@ def receive(message: Message, cfg: ExperimentConfig, method: Method, memory: Cli
     shares = sharing(cfg, model)
     template = dict(shares.template)
     record = message.content.array_records["arrays"]
-    server_round = int(config["server-round"])
+    server_round = wire.int_of(config, "server-round")
     if encoding == "dense":
         state = wire.unpack(wire.values_only(record), template, partial.nothing_of(template, shares.frozen))
         sent = shares.shared(partition, server_round)
@@ -81,7 +81,7 @@ def receive(message: Message, cfg: ExperimentConfig, method: Method, memory: Cli
         if adopted:  # the server asks this client to adopt a global mask
             masks = adopted
             memory.save_mask(masks)
-        if int(config["mask-digest"]) != wire.mask_digest(masks):
+        if wire.int_of(config, "mask-digest") != wire.mask_digest(masks):
             raise ValueError("server sent values under a mask this client does not hold")
         sent = partial.intersect(masks, shares.shared(partition, server_round))
         state = wire.unpack(wire.values_only(record), template, sent)
@@ -105,16 +105,17 @@ def _schedule(cfg: ExperimentConfig, final: float) -> CubicSchedule:
 def _train(model: nn.Module, cfg: ExperimentConfig, data: ClientData, masks: Masks | None, epochs: int,
            generator: torch.Generator, after_backward: BackwardHook | None = None) -> float:
     """Local epochs; with FedRep, head-only epochs first, then body-only epochs."""
-    common = dict(batch_size=cfg.batch_size, optimizer=cfg.optimizer, learning_rate=cfg.learning_rate,
-                  momentum=cfg.momentum, masks=masks, generator=generator, after_backward=after_backward)
+    def run(names: list[str], epochs: int) -> float:
+        return train_local(model, data.train_x, data.train_y, epochs=epochs, trainable=names,
+                           batch_size=cfg.batch_size, optimizer=cfg.optimizer, learning_rate=cfg.learning_rate,
+                           momentum=cfg.momentum, masks=masks, generator=generator, after_backward=after_backward)
+
     shares = sharing(cfg, model)
     names = [name for name, _ in model.named_parameters() if name not in shares.frozen]
     if cfg.fedrep_head_epochs == 0:
-        return train_local(model, data.train_x, data.train_y, epochs=epochs, trainable=names, **common)
-    head = [n for n in names if n in shares.personal]
-    train_local(model, data.train_x, data.train_y, epochs=cfg.fedrep_head_epochs, trainable=head, **common)
-    body = [n for n in names if n not in shares.personal]
-    return train_local(model, data.train_x, data.train_y, epochs=epochs, trainable=body, **common)
+        return run(names, epochs)
+    run([n for n in names if n in shares.personal], cfg.fedrep_head_epochs)
+    return run([n for n in names if n not in shares.personal], epochs)
 
 
 def _prune_step(pruner: Pruner, model: nn.Module, masks: Masks | None, units: Masks | None, data: PruneData,
@@ -160,7 +161,8 @@ def _make_pruner(method: Method, cfg: ExperimentConfig, model: nn.Module, profil
 
 def _request(message: Message, context: Context) -> tuple[Method, int, int]:
     config = message.content.config_records["config"]
-    return METHODS[str(config["method"])], int(config["server-round"]), int(context.node_config["partition-id"])
+    partition = wire.int_of(context.node_config, "partition-id")
+    return METHODS[str(config["method"])], wire.int_of(config, "server-round"), partition
 
 
 def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> Message:
@@ -203,15 +205,15 @@ def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> M
     digest = wire.mask_digest(new_masks)
     sent = partial.intersect(new_masks, sharing(cfg, model).shared(partition, server_round))
     # The mask travels only when the server does not hold it yet.
-    changed = digest != int(message.content.config_records["config"]["mask-digest"])
+    changed = digest != wire.int_of(message.content.config_records["config"], "mask-digest")
     if not method.federated:
         arrays = wire.pack({}, None)
     elif method.structured:
         arrays = wire.pack(state, sent, units=new_units if changed else None)
     else:
         arrays = wire.pack(state, sent, new_masks if changed else None)
-    metrics = MetricRecord(dict(zip(wire.TRAIN_METRICS, (
-        len(data.train_y), loss, seconds, mask_sparsity(new_masks or {}), partition, met))))
+    values = (len(data.train_y), loss, seconds, mask_sparsity(new_masks or {}), partition, met)
+    metrics = MetricRecord(dict(zip(wire.TRAIN_METRICS, values, strict=True)))
     reply = RecordDict({"arrays": arrays, "metrics": metrics,
                         "wire": ConfigRecord({"mask-digest": digest, "server-round": server_round})})
     return Message(reply, reply_to=message)
@@ -243,8 +245,8 @@ def handle_evaluate(message: Message, context: Context, cfg: ExperimentConfig) -
         generator = _training_generator(cfg, "finetune", partition, server_round)
         tuning = dataclasses.replace(cfg, learning_rate=cfg.finetune_learning_rate or cfg.learning_rate)
         _train(model, tuning, data, None if units else masks, cfg.finetune_epochs, generator)
-    metrics = MetricRecord(dict(zip(wire.EVALUATE_METRICS, (
-        len(data.test_y), accuracy(model, data.test_x, data.test_y), mask_sparsity(masks or {}), partition))))
+    values = (len(data.test_y), accuracy(model, data.test_x, data.test_y), mask_sparsity(masks or {}), partition)
+    metrics = MetricRecord(dict(zip(wire.EVALUATE_METRICS, values, strict=True)))
     content = RecordDict({"metrics": metrics})
     if method.personal.reports_units:
         content["arrays"] = wire.pack({}, None, units=units)
@@ -253,7 +255,7 @@ def handle_evaluate(message: Message, context: Context, cfg: ExperimentConfig) -
 
 def handle_query(message: Message, context: Context) -> Message:
     """Tell the server which partition this node holds (for seeded sampling)."""
-    info = MetricRecord({"partition-id": int(context.node_config["partition-id"])})
+    info = MetricRecord({"partition-id": wire.int_of(context.node_config, "partition-id")})
     return Message(RecordDict({"info": info}), reply_to=message)
 
 

@@ -51,7 +51,7 @@ def _all_clients(key: tuple) -> tuple[ClientData, ...]:
                       cache_dir=token_cache())
     inputs = pack_tokens(tokens["input_ids"], tokens["attention_mask"])
     sizes = [len(part) for part in parts]
-    pieces = list(zip(inputs.split(sizes), tokens["labels"].split(sizes)))
+    pieces = list(zip(inputs.split(sizes), tokens["labels"].split(sizes), strict=True))
     return tuple(ClientData(*pieces[2 * c], *pieces[2 * c + 1]) for c in range(num_clients))
 
 

@@ -20,7 +20,7 @@ head (personal layers), the embeddings module is what ``freeze_embeddings`` free
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -84,6 +84,7 @@ class BertFamily(ModelFamily):
         groups = []
         for index, layer in enumerate(layers):
             base = f"{prefix}.{index}"
+            layer = cast(Any, layer)  # a Hugging Face BERT layer (checked by encoder_layers)
             attention = layer.attention.self
             head_dim = attention.attention_head_size
             qkv = [f"{base}.attention.self.{part}" for part in ("query", "key", "value")]
@@ -142,6 +143,6 @@ class BertFamily(ModelFamily):
                 continue
             mask = unit_masks.get(group.name)
             kept = group.size if mask is None else int(mask.sum())
-            attention = model.get_submodule(group.name.removesuffix(f".{HEADS}") + ".attention.self")
+            attention = cast(Any, model.get_submodule(group.name.removesuffix(f".{HEADS}") + ".attention.self"))
             attention.num_attention_heads = kept
             attention.all_head_size = kept * attention.attention_head_size

@@ -72,17 +72,17 @@ class CNNFamily(ModelFamily):
 
     def unit_groups(self, model: nn.Module) -> list[UnitGroup]:
         assert isinstance(model, CNN)
-        convs = [i for i, layer in enumerate(model.features) if isinstance(layer, nn.Conv2d)]
+        convs = [(i, layer) for i, layer in enumerate(model.features) if isinstance(layer, nn.Conv2d)]
         _, height, width = model.feature_map
         groups = []
-        for pos, i in enumerate(convs):
+        for pos, (i, conv) in enumerate(convs):
             if pos + 1 < len(convs):
-                consumer = Slice(f"features.{convs[pos + 1]}.weight", 1)
+                consumer = Slice(f"features.{convs[pos + 1][0]}.weight", 1)
             else:
                 consumer = Slice("fc.weight", 1, height * width)
             groups.append(UnitGroup(
                 name=f"features.{i}",
-                size=model.features[i].out_channels,
+                size=conv.out_channels,
                 slices=(*linear_rows(f"features.{i}"), consumer),
                 kind="conv_channel",
                 source=ActivationSource(f"features.{i + 1}", reduce="spatial_mean"),

@@ -54,17 +54,17 @@ class MLPFamily(ModelFamily):
 
     def unit_groups(self, model: nn.Module) -> list[UnitGroup]:
         assert isinstance(model, MLP)
-        linears = [i for i, layer in enumerate(model.body) if isinstance(layer, nn.Linear)]
-        consumers = [f"body.{i}" for i in linears[1:]] + ["head"]
+        linears = [(i, layer) for i, layer in enumerate(model.body) if isinstance(layer, nn.Linear)]
+        consumers = [f"body.{i}" for i, _ in linears[1:]] + ["head"]
         return [
             UnitGroup(
                 name=f"body.{i}",
-                size=model.body[i].out_features,
+                size=layer.out_features,
                 slices=(*linear_rows(f"body.{i}"), Slice(f"{nxt}.weight", 1)),
                 kind="mlp_hidden",
                 source=ActivationSource(f"body.{i + 1}"),
             )
-            for i, nxt in zip(linears, consumers)
+            for (i, layer), nxt in zip(linears, consumers, strict=True)
         ]
 
     def head_names(self, model: nn.Module) -> list[str]:

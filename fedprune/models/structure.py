@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-
 UnitMasks = dict[str, torch.Tensor]
 
 REDUCTIONS = ("none", "relu", "spatial_mean", "token_mean", "head_norm_token_mean")

@@ -21,7 +21,7 @@ import copy
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -128,6 +128,8 @@ def load_pretrained(source: str, num_labels: int, seed: int = 0) -> TextClassifi
     return copy.deepcopy(_pristine(source, num_labels, seed))
 
 
-def vocab_size(model: TextClassifier) -> int:
-    """Size of the model's token vocabulary."""
-    return int(model.net.config.vocab_size)
+def vocab_size(model: nn.Module) -> int:
+    """Size of a ``TextClassifier``'s token vocabulary."""
+    if not isinstance(model, TextClassifier):
+        raise TypeError(f"vocab_size: {type(model).__name__} is not a TextClassifier")
+    return int(cast(Any, model.net).config.vocab_size)

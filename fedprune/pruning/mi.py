@@ -282,21 +282,22 @@ def greedy_order(
     alone = _Span(x[:, :0], min(n, picks), x, norms)
     available = torch.ones(k, dtype=torch.bool)
     gain = torch.zeros(k, dtype=x.dtype)
-    order, gains = [], []
-    while len(order) < picks and not with_target.full:
+    picked: list[int] = []
+    picked_gains: list[float] = []
+    while len(picked) < picks and not with_target.full:
         residual_z = torch.log((1 - alone.r2).clamp_min(floor))
         gain = 0.5 * (residual_z - torch.log((1 - with_target.r2).clamp_min(floor)))
         gain = gain.masked_fill(~available, -math.inf)
         best = int(torch.argmax(gain))
-        order.append(best)
-        gains.append(max(float(gain[best]), 0.0))
+        picked.append(best)
+        picked_gains.append(max(float(gain[best]), 0.0))
         available[best] = False
         with_target.add(x[:, best])
         alone.add(x[:, best])
     rest = available.nonzero().flatten()
-    rest = rest[torch.argsort(gain[rest], descending=True, stable=True)][: picks - len(order)]
-    order = torch.tensor(order + rest.tolist(), dtype=torch.long)
-    gains = torch.tensor(gains + [0.0] * len(rest), dtype=torch.float32)
+    rest = rest[torch.argsort(gain[rest], descending=True, stable=True)][: picks - len(picked)]
+    order = torch.tensor(picked + rest.tolist(), dtype=torch.long)
+    gains = torch.tensor(picked_gains + [0.0] * len(rest), dtype=torch.float32)
     return order, gains
 
 

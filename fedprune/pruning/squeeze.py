@@ -31,27 +31,24 @@ def masked(
     return copied
 
 
-def _slice_layer(layer: nn.Module, keep: dict[int, torch.Tensor]) -> nn.Module:
+def _slice_layer(layer: nn.Linear | nn.Conv2d, keep: dict[int, torch.Tensor]) -> nn.Module:
     """A new Linear/Conv2d keeping the True indices of ``keep[0]`` (out) and ``keep[1]`` (in)."""
     weight = layer.weight.detach()
     rows = keep[0].nonzero().flatten() if 0 in keep else torch.arange(weight.shape[0])
     cols = keep[1].nonzero().flatten() if 1 in keep else torch.arange(weight.shape[1])
     rows, cols = rows.to(weight.device), cols.to(weight.device)
-    has_bias = layer.bias is not None
-    factory = {"device": weight.device, "dtype": weight.dtype}
+    new: nn.Linear | nn.Conv2d
     if isinstance(layer, nn.Linear):
-        new = nn.Linear(len(cols), len(rows), bias=has_bias, **factory)
+        new = nn.Linear(len(cols), len(rows), bias=layer.bias is not None, device=weight.device, dtype=weight.dtype)
     elif isinstance(layer, nn.Conv2d) and layer.groups == 1:
-        new = nn.Conv2d(
-            len(cols), len(rows), layer.kernel_size, layer.stride, layer.padding,
-            layer.dilation, bias=has_bias, padding_mode=layer.padding_mode, **factory,
-        )
+        new = copy.deepcopy(layer)  # same kernel, stride, padding, dilation; weights replaced below
+        new.in_channels, new.out_channels = len(cols), len(rows)
     else:
         raise TypeError(f"squeeze: cannot slice {type(layer).__name__}")
     with torch.no_grad():
-        new.weight.copy_(weight.index_select(0, rows).index_select(1, cols))
-        if has_bias:
-            new.bias.copy_(layer.bias.detach().index_select(0, rows))
+        new.weight = nn.Parameter(weight.index_select(0, rows).index_select(1, cols).clone())
+        if layer.bias is not None:
+            new.bias = nn.Parameter(layer.bias.detach().index_select(0, rows).clone())
     return new
 
 
@@ -72,7 +69,7 @@ def squeeze(
     keep = dim_keep(model, groups, unit_masks)
     small = copy.deepcopy(model)
     for name, layer in list(small.named_modules()):
-        if isinstance(layer, (nn.Linear, nn.Conv2d)) and f"{name}.weight" in keep:
+        if isinstance(layer, nn.Linear | nn.Conv2d) and f"{name}.weight" in keep:
             small.set_submodule(name, _slice_layer(layer, keep[f"{name}.weight"]))
     family_of(model).resize(small, groups, unit_masks)
     return small

@@ -15,8 +15,8 @@ import torch
 from fedprune import wire
 from fedprune.config import ExperimentConfig
 from fedprune.device import flops_per_example, measure_latency, parameter_bytes, sparse_bytes
-from fedprune.pruning.masks import Masks
 from fedprune.models.factory import cost_inputs, new_model, personal_model
+from fedprune.pruning.masks import Masks
 
 BATCH = 32
 

@@ -52,12 +52,13 @@ def discover_partitions(grid: Grid, recorder: Recorder, expected: int, wait_s: f
         if reply.has_error():
             raise RuntimeError(f"node {reply.metadata.src_node_id} failed to report its partition: "
                                f"{reply.error.reason}")
-        mapping[reply.metadata.src_node_id] = int(reply.content.metric_records["info"]["partition-id"])
+        mapping[reply.metadata.src_node_id] = wire.int_of(reply.content.metric_records["info"], "partition-id")
     # Record the query's bytes once the partition of every node is known.
-    for query, reply in zip(sorted(queries, key=lambda m: m.metadata.dst_node_id),
-                            sorted(replies, key=lambda m: m.metadata.src_node_id)):
-        recorder.write(method=None, round=0, phase="setup", client=mapping[reply.metadata.src_node_id],
-                       bytes_down=wire.message_bytes(query), bytes_up=wire.message_bytes(reply))
+    down = {query.metadata.dst_node_id: wire.message_bytes(query) for query in queries}
+    for reply in sorted(replies, key=lambda m: mapping[m.metadata.src_node_id]):
+        node = reply.metadata.src_node_id
+        recorder.write(method=None, round=0, phase="setup", client=mapping[node], bytes_down=down[node],
+                       bytes_up=wire.message_bytes(reply))
     return mapping
 
 

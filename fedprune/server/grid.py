@@ -50,7 +50,7 @@ class CountingGrid(Grid):
         up = {r.metadata.src_node_id: size(r) for r in replies}
         config = messages[0].content.config_records.get("config")
         method = None if config is None else config.get("method")
-        server_round = 0 if config is None else int(config.get("server-round", 0))  # type: ignore[call-overload]
+        server_round = 0 if config is None else wire.int_of(config, "server-round")
         phase = PHASES.get(messages[0].metadata.message_type, messages[0].metadata.message_type)
         for node, sent in sorted(down.items(), key=lambda item: self.partition_of.get(item[0], -1)):
             self.journal(method=method, round=server_round, phase=phase, client=self.partition_of.get(node),

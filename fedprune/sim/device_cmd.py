@@ -9,10 +9,10 @@ import torch
 
 from fedprune.config import ConfigError, make_config
 from fedprune.device.budget import within_budget
-from fedprune.pruning.masks import mask_sparsity
-from fedprune.server.costs import personal_costs
 from fedprune.device.profiles import profile_threads, profiles_of
 from fedprune.methods import METHODS
+from fedprune.pruning.masks import mask_sparsity
+from fedprune.server.costs import personal_costs
 
 COLUMNS = ("method", "client", "profile", "threads", "sparsity", "kFLOPs/ex", "latency ms",
            "speedup", "FLOP limit", "stored KB", "budget met")

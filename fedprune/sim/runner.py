@@ -10,6 +10,7 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 from fedprune.config import ExperimentConfig
 
@@ -37,20 +38,20 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, verbose: bool = False) -> lis
     progress = lambda line: print(line, file=sys.__stdout__, flush=True)  # noqa: E731
     server_app = build_server_app(cfg, out_dir, progress)
     client_app = build_client_app(cfg)
-    backend_config = {
+    backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": cfg.num_cpus_per_client, "num_gpus": 0.0},
         "init_args": {"logging_level": logging.INFO if verbose else logging.ERROR,
                       "log_to_driver": verbose, "include_dashboard": False},
     }
     if not verbose:
         _quiet_logging()
-    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stderr(io.StringIO())
-    captured = sink if verbose else sink
-    with captured as buffer:
+    buffer = io.StringIO()
+    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stderr(buffer)
+    with sink:
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.num_clients,
                        backend_config=backend_config, verbose_logging=verbose)
     summary = out_dir / "summary.json"
     if not summary.exists():
-        tail = "" if verbose else buffer.getvalue()[-2000:]
+        tail = buffer.getvalue()[-2000:]
         raise RuntimeError(f"the simulation ended without a summary; see the log above{tail and ':'}\n{tail}")
     return json.loads(summary.read_text())["methods"]

@@ -181,15 +181,15 @@ class PersonalizedStrategy(Strategy):
     def decode(self, message: Message, partition: int, weight: float) -> Decoded:
         """Full-size tensors, the entries the client sent, and its weight; raises on faults."""
         record = arrays_of(message)
-        masks = wire.bitmaps_in(record, self.template)
+        masks: Masks | None = wire.bitmaps_in(record, self.template)
         units = wire.units_in(record, self.structure.sizes) if self.structure else {}
         if units and self.structure is not None:
             masks = self.structure.expand(units)
         masks = masks or self.client_masks.get(partition)
         info = wire_of(message)
-        if wire.mask_digest(masks) != int(info["mask-digest"]):  # type: ignore[call-overload]
+        if wire.mask_digest(masks) != wire.int_of(info, "mask-digest"):
             raise RejectedReply("reply's values follow a mask the server does not hold")
-        sent = self.sent_entries(masks, partition, int(info["server-round"]))  # type: ignore[call-overload]
+        sent = self.sent_entries(masks, partition, wire.int_of(info, "server-round"))
         state = wire.unpack(wire.values_only(record), self.template, sent)
         if masks:
             self.client_masks[partition] = masks

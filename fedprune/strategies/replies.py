@@ -75,8 +75,9 @@ def check_train_reply(message: Message, partition: int, server_round: int) -> di
     for key in ("mask-digest", "server-round"):
         if key not in info:
             raise RejectedReply(f"wire record: {key!r} missing")
-    if int(info["server-round"]) != server_round:  # type: ignore[call-overload]
-        raise RejectedReply(f"reply to round {info['server-round']}, expected {server_round}")
+    replied = wire.int_of(info, "server-round")
+    if replied != server_round:
+        raise RejectedReply(f"reply to round {replied}, expected {server_round}")
     return values
 
 
