@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from fedprune.data.datasets import DATASET_NAMES, TEXT_DATASETS
+from fedprune.data.datasets import DATASET_NAMES, TEXT, load_dataset
 from fedprune.data.partition import PARTITIONERS
 from fedprune.methods import METHODS, method_options
 from fedprune.models import FAMILIES, MODEL_NAMES, family_named
@@ -40,7 +40,7 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the field."""
 
 
-DATA, TEXT, MODEL, FEDERATION, TRAINING, SCHEDULE, PERSONAL, DEVICES, SIMULATION = (
+DATA, TEXT_DATA, MODEL, FEDERATION, TRAINING, SCHEDULE, PERSONAL, DEVICES, SIMULATION = (
     "Data", "Text data (`dataset = \"text\"` or `\"amazon\"`, `model = \"transformer\"`)", "Model",
     "Federation", "Local training", "Pruning schedule (every pruner)",
     "Personalization and partial updates (combine with any method)", "Device profiles", "Simulation")
@@ -74,18 +74,18 @@ class ExperimentConfig:
     # text data
     data_path: str = setting("", "`text`: a `.csv`/`.tsv`/`.jsonl`/`.parquet` file, a GLUE-style folder (its "
                              "`train.*` file) or a Hugging Face hub name; `amazon`: the domains folder",
-                             section=TEXT)
-    text_column: str = setting("", "column holding the text (empty: `sentence`, then `text`)", section=TEXT)
-    label_column: str = setting("label", "column holding the integer label 0..K-1", section=TEXT)
-    data_config: str = setting("", "hub dataset config name (e.g. `sst2` for `nyu-mll/glue`)", section=TEXT)
-    domains: list[str] = setting([], "`amazon`: the domains to use (empty: every subfolder)", section=TEXT)
+                             section=TEXT_DATA)
+    text_column: str = setting("", "column holding the text (empty: `sentence`, then `text`)", section=TEXT_DATA)
+    label_column: str = setting("label", "column holding the integer label 0..K-1", section=TEXT_DATA)
+    data_config: str = setting("", "hub dataset config name (e.g. `sst2` for `nyu-mll/glue`)", section=TEXT_DATA)
+    domains: list[str] = setting([], "`amazon`: the domains to use (empty: every subfolder)", section=TEXT_DATA)
     clients_per_domain: int = setting(1, "`natural`: clients per domain; `num_clients` must equal domains x "
-                                      "this", bounds=at_least(1), section=TEXT)
+                                      "this", bounds=at_least(1), section=TEXT_DATA)
     max_train_examples: int = setting(0, "keep at most this many of each client's local train examples "
-                                      "(seeded; 0 = all)", bounds=at_least(0), section=TEXT)
+                                      "(seeded; 0 = all)", bounds=at_least(0), section=TEXT_DATA)
     max_test_examples: int = setting(0, "keep at most this many of each client's local test examples "
-                                     "(seeded; 0 = all)", bounds=at_least(0), section=TEXT)
-    max_length: int = setting(64, "tokens per text (truncated and padded)", bounds=at_least(1), section=TEXT)
+                                     "(seeded; 0 = all)", bounds=at_least(0), section=TEXT_DATA)
+    max_length: int = setting(64, "tokens per text (truncated and padded)", bounds=at_least(1), section=TEXT_DATA)
     # model
     model: str = setting("mlp", "`mlp` or `cnn` for `digits`; `transformer` for the text datasets",
                          choices=MODEL_NAMES, section=MODEL)
@@ -232,7 +232,7 @@ def _check_fields(cfg: ExperimentConfig) -> None:
             raise ConfigError(str(error)) from None
 
 
-def _check_consistency(cfg: ExperimentConfig, num_examples: int, num_groups: int) -> None:
+def _check_consistency(cfg: ExperimentConfig, num_examples: int, num_groups: int, inputs: str) -> None:
     """Rules that involve more than one setting, or the data."""
     def need(ok: bool, message: str) -> None:
         if not ok:
@@ -261,9 +261,8 @@ def _check_consistency(cfg: ExperimentConfig, num_examples: int, num_groups: int
          f"num_clients: {cfg.num_clients} clients need at least 2 examples each (local train and test); "
          f"dataset {cfg.dataset!r} has {num_examples}")
     family = family_named(cfg.model)
-    text = cfg.dataset in TEXT_DATASETS
-    readers = [f.name for f in FAMILIES if (f.inputs == "text") == text]
-    need((family.inputs == "text") == text,
+    readers = [f.name for f in FAMILIES if f.inputs == inputs]
+    need(family.inputs == inputs,
          f"model: dataset {cfg.dataset!r} needs model = {' or '.join(readers)}, got {cfg.model!r}")
     need(cfg.partitioner != "natural" or cfg.dataset == "amazon",
          "partitioner: 'natural' (one group of clients per domain) needs dataset = \"amazon\"")
@@ -272,7 +271,7 @@ def _check_consistency(cfg: ExperimentConfig, num_examples: int, num_groups: int
         need(cfg.num_clients == groups * cfg.clients_per_domain,
              f"num_clients: {cfg.num_clients} does not match {groups} domains x clients_per_domain "
              f"{cfg.clients_per_domain} = {groups * cfg.clients_per_domain}")
-    need(not cfg.freeze_embeddings or family.inputs == "text",
+    need(not cfg.freeze_embeddings or family.inputs == TEXT,
          "freeze_embeddings: only transformer models have embeddings; set model = \"transformer\"")
     shrunk = [m for m in cfg.methods if METHODS[m].model == "small-dense"]
     need(not (shrunk and family.widths(cfg) is None),
@@ -313,15 +312,13 @@ def make_config(values: Mapping[str, Any]) -> ExperimentConfig:
             raise ConfigError(f"{raw_key}: unknown key; allowed: {allowed}")
     cfg = ExperimentConfig(**settings, pruner_options=_options(given_options))
     _check_fields(cfg)
-    from fedprune.data.datasets import load_dataset
-
     try:
-        table, _ = load_dataset(*dataset_args(cfg))
+        table, info = load_dataset(*dataset_args(cfg))
     except ValueError as error:  # TextDataError: names the file and the problem
         message = str(error)
         raise ConfigError(message if message.startswith("data_path:") else f"data_path: {message}") from None
     groups = len(set(table["domain"])) if "domain" in table.column_names else 0
-    _check_consistency(cfg, len(table), groups)
+    _check_consistency(cfg, len(table), groups, info.inputs)
     return cfg
 
 

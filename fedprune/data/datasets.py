@@ -1,4 +1,6 @@
-"""Datasets as ``datasets.Dataset``: ``features`` + ``label`` (digits) or ``text`` + ``label``.
+"""Datasets as ``datasets.Dataset``: ``features`` + ``label`` columns, or ``text`` + ``label``.
+
+One loader per dataset, registered in ``LOADERS`` (the config's ``dataset`` values):
 
 * ``digits``: scikit-learn's 8x8 digits (embedded, the default);
 * ``text``: a local CSV/TSV/JSONL/Parquet file, a GLUE-style split folder (its ``train``
@@ -9,47 +11,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
 import datasets
 import numpy as np
 
-DATASET_NAMES = ("digits", "text", "amazon")
-TEXT_DATASETS = ("text", "amazon")
+FEATURES, TEXT = "features", "text"
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a model needs to know about a dataset (``input_shape`` is () for text)."""
+    """What a model needs to know about a dataset: ``inputs`` is ``features`` (fixed-size
+    tensors of ``input_shape``) or ``text`` (strings; ``input_shape`` is ())."""
 
     input_shape: tuple[int, ...]
     num_classes: int
+    inputs: str = FEATURES
 
 
-@lru_cache(maxsize=4)
-def load_dataset(name: str, path: str = "", text_column: str = "", label_column: str = "label",
-                 data_config: str = "", domains: tuple[str, ...] = ()) -> tuple[datasets.Dataset, DatasetInfo]:
-    """Load dataset ``name`` (one of ``DATASET_NAMES``); the other arguments are for text.
+@dataclass(frozen=True)
+class DataSource:
+    """The config's data settings a loader may read (hashable, for caching)."""
 
-    Raises ``ValueError`` (``TextDataError`` for text sources) with a one-line message.
-    """
-    if name == "digits":
-        return _digits()
-    if name in TEXT_DATASETS:
-        from fedprune.data.text import TextDataError, load_amazon_domains, load_text_table, num_classes
-
-        if not path:
-            raise TextDataError(f"data_path: dataset {name!r} needs data_path (a file, folder or hub name)")
-        if name == "amazon":
-            table = load_amazon_domains(path, "train", list(domains) or None)
-        else:
-            table = load_text_table(path, text_column or None, label_column, "train", data_config or None)
-        return table, DatasetInfo(input_shape=(), num_classes=max(num_classes(table), 2))
-    raise ValueError(f"dataset: unknown dataset {name!r}; allowed: {', '.join(DATASET_NAMES)}")
+    path: str = ""
+    text_column: str = ""
+    label_column: str = "label"
+    config: str = ""
+    domains: tuple[str, ...] = ()
 
 
-def _digits() -> tuple[datasets.Dataset, DatasetInfo]:
+Loader = Callable[[DataSource], tuple[datasets.Dataset, DatasetInfo]]
+
+
+def digits(source: DataSource) -> tuple[datasets.Dataset, DatasetInfo]:
     """scikit-learn's 1,797 8x8 digit images, pixels scaled to [0, 1], flat rows of 64."""
     from sklearn.datasets import load_digits
 
@@ -59,3 +55,54 @@ def _digits() -> tuple[datasets.Dataset, DatasetInfo]:
         {"features": features.tolist(), "label": raw.target.astype(np.int64).tolist()}
     )
     return table, DatasetInfo(input_shape=(1, 8, 8), num_classes=10)
+
+
+def text_table(source: DataSource) -> tuple[datasets.Dataset, DatasetInfo]:
+    """A text table (file, GLUE-style folder or hub name) at ``source.path``."""
+    from fedprune.data.text import load_text_table
+
+    table = load_text_table(_need_path(source, "text"), source.text_column or None, source.label_column,
+                            "train", source.config or None)
+    return table, _text_info(table)
+
+
+def amazon_domains(source: DataSource) -> tuple[datasets.Dataset, DatasetInfo]:
+    """The ``train.tsv`` of every domain folder under ``source.path`` (or of ``source.domains``)."""
+    from fedprune.data.text import load_amazon_domains
+
+    table = load_amazon_domains(_need_path(source, "amazon"), "train", list(source.domains) or None)
+    return table, _text_info(table)
+
+
+def _need_path(source: DataSource, name: str) -> str:
+    from fedprune.data.text import TextDataError
+
+    if not source.path:
+        raise TextDataError(f"data_path: dataset {name!r} needs data_path (a file, folder or hub name)")
+    return source.path
+
+
+def _text_info(table: datasets.Dataset) -> DatasetInfo:
+    from fedprune.data.text import num_classes
+
+    return DatasetInfo(input_shape=(), num_classes=max(num_classes(table), 2), inputs=TEXT)
+
+
+#: the config's ``dataset`` values, one line per dataset
+LOADERS: dict[str, Loader] = {
+    "digits": digits,
+    "text": text_table,
+    "amazon": amazon_domains,
+}
+DATASET_NAMES = tuple(LOADERS)
+
+
+@lru_cache(maxsize=4)
+def load_dataset(name: str, path: str = "", text_column: str = "", label_column: str = "label",
+                 data_config: str = "", domains: tuple[str, ...] = ()) -> tuple[datasets.Dataset, DatasetInfo]:
+    """Load dataset ``name`` (one of ``DATASET_NAMES``; cached per process); the other arguments
+    are its ``DataSource``. Raises ``ValueError`` (``TextDataError`` for text sources) with a
+    one-line message."""
+    if name not in LOADERS:
+        raise ValueError(f"dataset: unknown dataset {name!r}; allowed: {', '.join(DATASET_NAMES)}")
+    return LOADERS[name](DataSource(path, text_column, label_column, data_config, domains))

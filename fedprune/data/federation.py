@@ -15,13 +15,13 @@ import datasets
 import torch
 
 from fedprune.config import ExperimentConfig, dataset_args
-from fedprune.data.datasets import TEXT_DATASETS, load_dataset
+from fedprune.data.datasets import TEXT, load_dataset
 from fedprune.data.partition import ClientData, client_data, client_split, make_partitioner
 
 
 def _data_key(cfg: ExperimentConfig) -> tuple:
     text = ((cfg.pretrained, cfg.max_length, cfg.max_train_examples, cfg.max_test_examples)
-            if cfg.dataset in TEXT_DATASETS else ())
+            if load_dataset(*dataset_args(cfg))[1].inputs == TEXT else ())
     return (dataset_args(cfg), cfg.partitioner, cfg.num_clients, cfg.classes_per_client,
             cfg.dirichlet_alpha, cfg.clients_per_domain, cfg.test_fraction, cfg.seed, text)
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fedprune.config import ExperimentConfig, dataset_args
-from fedprune.data.datasets import DatasetInfo, load_dataset
+from fedprune.data.datasets import TEXT, DatasetInfo, load_dataset
 from fedprune.models import family_named
 from fedprune.models.family import ModelFamily
 from fedprune.models.small_dense import MODEL_VARIANTS, shrink_widths
@@ -89,7 +89,7 @@ def sharing(cfg: ExperimentConfig, model: nn.Module) -> Sharing:
 def cost_inputs(cfg: ExperimentConfig, model: nn.Module, batch: int) -> torch.Tensor:
     """A seeded input batch for timing and FLOP counts: random features, or random tokens
     (``latency_tokens`` long, no padding) for text models."""
-    if _family(cfg).inputs == "text":
+    if _family(cfg).inputs == TEXT:
         return random_tokens(batch, cfg.latency_tokens, vocab_size(model))
     return torch.randn(batch, *_info(cfg).input_shape, generator=torch.Generator().manual_seed(0))
 

@@ -27,7 +27,7 @@ class ModelFamily(ABC):
 
     #: the config's ``model`` value that builds this family
     name: ClassVar[str]
-    #: the config's ``dataset`` kinds it can read: ``"features"`` (fixed-size inputs) or ``"text"``
+    #: the inputs it reads (``DatasetInfo.inputs``): ``"features"`` (fixed-size tensors) or ``"text"``
     inputs: ClassVar[str] = "features"
 
     @abstractmethod
