@@ -1,8 +1,16 @@
-"""Cubic sparsity schedule of Zhu & Gupta (2017), "To prune, or not to prune"."""
+"""Cubic sparsity schedule of Zhu & Gupta (2017), "To prune, or not to prune", over rounds.
+
+The formula is torch's own (``torch.ao.pruning.scheduler.CubicSL.sparsity_compute_fn``);
+``CubicSchedule`` adds which steps prune (every ``frequency`` steps from ``start`` to
+``end``), since in a federation the schedule is read per client and round rather than
+stepped alongside a ``torch.ao`` sparsifier.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from torch.ao.pruning.scheduler.cubic_scheduler import CubicSL
 
 
 def cubic_sparsity(step: int, initial: float, final: float, start: int, end: int) -> float:
@@ -15,8 +23,7 @@ def cubic_sparsity(step: int, initial: float, final: float, start: int, end: int
         return final
     if step <= start:
         return initial
-    progress = (step - start) / (end - start)
-    return final + (initial - final) * (1.0 - progress) ** 3
+    return float(CubicSL.sparsity_compute_fn(s_0=initial, s_f=final, t=step, t_0=start, dt=1, n=end - start))
 
 
 @dataclass(frozen=True)
