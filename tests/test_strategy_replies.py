@@ -108,6 +108,7 @@ def test_reply_without_an_expected_metric_is_rejected_and_the_run_completes(task
     assert row["rejected_replies"] == 4
     assert [r["client"] for r in of(records, "personal")] == [0, 0]  # client 1 is missing, not guessed
     assert row["personal_accuracy_mean"] == row["personal_accuracy_min"]
+    assert row["evaluated_clients"] == 1
     assert row["global_accuracy"] is not None  # the run went on with client 0
 
 
@@ -165,3 +166,15 @@ def test_impossible_accuracy_is_rejected(task_identity, accuracy: float, reason:
     assert check_evaluate_reply(evaluate_reply(), 4)["accuracy"] == 0.5
     with pytest.raises(RejectedReply, match=reason):
         check_evaluate_reply(evaluate_reply(accuracy=accuracy), 4)
+
+
+def test_a_failed_last_evaluation_leaves_the_client_missing_not_stale(task_identity, tmp_path) -> None:
+    def last_fails(reply: Message, phase: str, server_round: int) -> None:
+        if phase == "evaluate" and server_round == 2:
+            reply.content["metrics"]["accuracy"] = 7.0
+
+    row, records = run(tmp_path, "fedavg", last_fails)
+    personal = {(r["round"], r["client"]): r["accuracy"] for r in of(records, "personal")}
+    assert set(personal) == {(1, 0), (1, 1), (2, 0)}  # client 1 answered round 1 only
+    assert row["evaluated_clients"] == 1
+    assert row["personal_accuracy_mean"] == personal[(2, 0)]  # not the mean with client 1's round-1 value

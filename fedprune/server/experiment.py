@@ -171,15 +171,17 @@ def save_personal_models(path: Path, global_state: dict[str, torch.Tensor],
 
 def summary_row(cfg: ExperimentConfig, name: str, strategy: PersonalizedStrategy, grid: CountingGrid,
                 global_acc: float | None, seconds: float) -> dict:
-    """The summary.json object of one method (accepted replies only)."""
+    """The summary.json object of one method (accepted replies only; personal accuracy from
+    the final round's evaluation, whose client count is ``evaluated_clients``)."""
     reports = strategy.reports
-    accuracies = list(reports.accuracy.values())
+    accuracies = list(reports.final_accuracy.values())
     return {
         "method": name,
         "rounds": cfg.rounds,
         "clients": cfg.num_clients,
         "personal_accuracy_mean": statistics.fmean(accuracies) if accuracies else None,
         "personal_accuracy_min": min(accuracies) if accuracies else None,
+        "evaluated_clients": len(accuracies),
         "global_accuracy": global_acc,
         "bytes_up": grid.bytes_up,
         "bytes_down": grid.bytes_down,

@@ -68,11 +68,13 @@ class Rejection:
 
 @dataclass
 class ClientReports:
-    """What accepted replies said, latest per client."""
+    """What accepted replies said: the latest per client, and the final round's accuracies
+    (a client whose last evaluation failed is missing there, never carried over)."""
 
     sparsity: dict[int, float] = field(default_factory=dict)
     budget_met: dict[int, bool] = field(default_factory=dict)
     accuracy: dict[int, float] = field(default_factory=dict)
+    final_accuracy: dict[int, float] = field(default_factory=dict)
 
 
 class PersonalizedStrategy(Strategy):
@@ -251,6 +253,8 @@ class PersonalizedStrategy(Strategy):
             if self.reports_units:
                 self.reports.sparsity[partition] = metrics["sparsity"]
             self.reports.accuracy[partition] = metrics["accuracy"]
+            if server_round == self.num_rounds:
+                self.reports.final_accuracy[partition] = metrics["accuracy"]
             self.journal(method=self.method, round=server_round, phase="personal", client=partition,
                          accuracy=metrics["accuracy"], sparsity=metrics["sparsity"],
                          num_examples=int(metrics["num-examples"]))
