@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
-from fedprune.data.datasets import TEXT
 from fedprune.models.family import ModelFamily, state_names
 from fedprune.models.structure import ActivationSource, Slice, UnitGroup, UnitMasks, linear_rows
 from fedprune.models.text import TextClassifier, load_pretrained
@@ -69,7 +68,7 @@ class BertFamily(ModelFamily):
     """BERT-family encoders with a sequence-classification head."""
 
     name = "transformer"
-    inputs = TEXT
+    inputs = "text"  # DatasetInfo.inputs of the text datasets
 
     def owns(self, model: nn.Module) -> bool:
         return encoder_layers(model) is not None
