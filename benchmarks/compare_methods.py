@@ -4,6 +4,7 @@
         --set final_sparsity=0.8 --out runs/compare
     python benchmarks/compare_methods.py --preset amazon-minilm --methods fedavg,mi --seeds 0,1 \
         --out runs/amazon-seeds
+    python benchmarks/compare_methods.py --methods fedavg,gmp --seeds 0,1 --out runs/cmp --json
 
 Each seed is a separate run (the partition depends on the seed); all methods of one seed
 share it. Accuracy, bytes and FLOPs are deterministic per seed; latency and seconds are
@@ -31,12 +32,32 @@ COLUMNS = (
 )
 
 
-def _cell(values: list[float], scale: float, fmt: str) -> str:
-    values = [v * scale for v in values if v is not None]
-    if not values:
+def _stats(values: list[float | None]) -> tuple[float, float] | None:
+    """Mean and sample standard deviation (0 for one value) of the values present."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else 0.0
+
+
+def _cell(values: list[float | None], scale: float, fmt: str) -> str:
+    stats = _stats(values)
+    if stats is None:
         return "-"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{fmt.format(statistics.fmean(values))} ({fmt.format(spread)})"
+    return f"{fmt.format(stats[0] * scale)} ({fmt.format(stats[1] * scale)})"
+
+
+def json_rows(rows_by_seed: list[list[dict]]) -> list[dict]:
+    """One object per method: ``seeds`` and, per column key, ``{"mean": ..., "std": ...}`` (unscaled)."""
+    result = []
+    for method in [row["method"] for row in rows_by_seed[0]]:
+        rows = [next(r for r in seed_rows if r["method"] == method) for seed_rows in rows_by_seed]
+        entry: dict = {"method": method, "seeds": len(rows)}
+        for _, key, _, _ in COLUMNS:
+            stats = _stats([r.get(key) for r in rows])
+            entry[key] = None if stats is None else {"mean": stats[0], "std": stats[1]}
+        result.append(entry)
+    return result
 
 
 def table(rows_by_seed: list[list[dict]]) -> str:
@@ -60,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--preset", help="named preset passed to every run (fedprune run --preset)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", required=True, help="folder for the per-seed run folders")
+    parser.add_argument("--json", action="store_true", help="print only a JSON list of rows (one per method)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     rows_by_seed = []
@@ -79,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             if result.returncode != 0:
                 return result.returncode
         rows_by_seed.append(json.loads((run_dir / "summary.json").read_text())["methods"])
+    if args.json:
+        print(json.dumps(json_rows(rows_by_seed), indent=2))
+        return 0
     base = f"config {args.config}" if args.config else f"preset {args.preset}" if args.preset else "defaults"
     settings = ", ".join([base, *args.overrides])
     print(f"{len(rows_by_seed)} seeds ({args.seeds}); {settings}; mean (std)\n")
