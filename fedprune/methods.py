@@ -29,6 +29,7 @@ from fedprune.pruning.magnitude import GlobalMagnitudePruner, MagnitudePruner
 from fedprune.pruning.movement import MovementPruner
 from fedprune.pruning.pruner import Pruner
 from fedprune.pruning.random_masks import RandomPruner
+from fedprune.pruning.taylor import TaylorPruner
 from fedprune.pruning.units import L1StructuredPruner, MIPruner, RandomStructuredPruner, StructuredPruner
 
 
@@ -112,6 +113,8 @@ METHODS: dict[str, Method] = _registry(
     Method("movement", "movement pruning: top-v of accumulated -grad*w scores per matrix (Sanh et al. 2020)",
            pruner=MovementPruner),
     Method("random", "a random unstructured mask per client at final_sparsity, fixed", pruner=RandomPruner),
+    Method("taylor", "first-order Taylor importance |w * dL/dw| accumulated over the local epochs, per matrix "
+                     "(Molchanov et al. 2019)", pruner=TaylorPruner),
     Method("mi", "layer-wise mutual-information pruning of whole units, top-down from the labels, squeezed "
                  "into a smaller dense model (Fan et al. 2021)", pruner=MIPruner),
     Method("mi-post", "dense FedAvg training; each client prunes the global model with layer-wise MI on its "
