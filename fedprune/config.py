@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from fedprune.data.datasets import DATASET_NAMES, TEXT, load_dataset
+from fedprune.data.datasets import DATASET_NAMES, TEXT, DatasetInfo, load_dataset
 from fedprune.data.partition import PARTITIONERS
 from fedprune.methods import METHODS, method_options
 from fedprune.models import FAMILIES, MODEL_NAMES, family_named
@@ -232,7 +232,7 @@ def _check_fields(cfg: ExperimentConfig) -> None:
             raise ConfigError(str(error)) from None
 
 
-def _check_consistency(cfg: ExperimentConfig, num_examples: int, num_groups: int, inputs: str) -> None:
+def _check_consistency(cfg: ExperimentConfig, num_examples: int, num_groups: int, info: DatasetInfo) -> None:
     """Rules that involve more than one setting, or the data."""
     def need(ok: bool, message: str) -> None:
         if not ok:
@@ -261,8 +261,8 @@ def _check_consistency(cfg: ExperimentConfig, num_examples: int, num_groups: int
          f"num_clients: {cfg.num_clients} clients need at least 2 examples each (local train and test); "
          f"dataset {cfg.dataset!r} has {num_examples}")
     family = family_named(cfg.model)
-    readers = [f.name for f in FAMILIES if f.inputs == inputs]
-    need(family.inputs == inputs,
+    readers = [f.name for f in FAMILIES if f.inputs == info.inputs]
+    need(family.inputs == info.inputs,
          f"model: dataset {cfg.dataset!r} needs model = {' or '.join(readers)}, got {cfg.model!r}")
     need(cfg.partitioner != "natural" or cfg.dataset == "amazon",
          "partitioner: 'natural' (one group of clients per domain) needs dataset = \"amazon\"")
@@ -278,8 +278,9 @@ def _check_consistency(cfg: ExperimentConfig, num_examples: int, num_groups: int
          f"methods: {', '.join(shrunk)} is not available for {cfg.model} models; allowed there: "
          + ", ".join(m for m in METHODS if METHODS[m].model != "small-dense"))
     if cfg.partitioner == "pathological":
-        need(cfg.classes_per_client <= 10 or cfg.dataset != "digits",
-             f"classes_per_client: {cfg.classes_per_client} exceeds the 10 classes of digits")
+        need(cfg.classes_per_client <= info.num_classes,
+             f"classes_per_client: {cfg.classes_per_client} exceeds the {info.num_classes} classes of "
+             f"dataset {cfg.dataset!r}")
 
 
 def _options(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -318,7 +319,7 @@ def make_config(values: Mapping[str, Any]) -> ExperimentConfig:
         message = str(error)
         raise ConfigError(message if message.startswith("data_path:") else f"data_path: {message}") from None
     groups = len(set(table["domain"])) if "domain" in table.column_names else 0
-    _check_consistency(cfg, len(table), groups, info.inputs)
+    _check_consistency(cfg, len(table), groups, info)
     return cfg
 
 
