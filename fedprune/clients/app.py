@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -165,15 +166,21 @@ def _request(message: Message, context: Context) -> tuple[Method, int, int]:
     return METHODS[str(config["method"])], wire.int_of(config, "server-round"), partition
 
 
-def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> Message:
-    """Train the personal model on local data, prune on schedule, reply with what it shares."""
-    torch.set_num_threads(1)
-    method, server_round, partition = _request(message, context)
-    data = clients_data(cfg)[partition]
-    memory = ClientMemory(context.state, method.name)
-    model, masks = receive(message, cfg, method, memory, partition)
+@dataclass(frozen=True)
+class LocalRound:
+    """What a client's round of local training left: its loss, its personal mask (and unit
+    masks) and whether its personal model fits its device budget (-1: no budget)."""
 
-    started = time.perf_counter()
+    loss: float
+    masks: Masks | None
+    units: Masks | None
+    budget_met: float
+
+
+def _train_and_prune(model: nn.Module, masks: Masks | None, method: Method, cfg: ExperimentConfig,
+                     memory: ClientMemory, partition: int, server_round: int) -> LocalRound:
+    """Train ``model`` in place on the client's data, prune on schedule, remember what to keep."""
+    data = clients_data(cfg)[partition]
     generator = _training_generator(cfg, method.stream, partition, server_round)
     profile = client_profile(cfg, partition)
     inputs = data.train_x[:budgets.BATCH]
@@ -186,33 +193,44 @@ def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> M
         model.load_state_dict(expand(small, model, units))
     else:
         loss = _train(model, cfg, data, masks, cfg.local_epochs, generator, after_backward=hook)
-    new_masks, new_units = masks, units
     if pruner is not None:
         prune_data = PruneData(data.train_x, data.train_y, partition, server_round, cfg.seed)
-        new_masks, new_units = _prune_step(pruner, model, masks, units, prune_data, profile, inputs)
+        masks, units = _prune_step(pruner, model, masks, units, prune_data, profile, inputs)
         memory.save_pruner_state(pruner.state())
-    if new_units is not None:
-        memory.save_units(new_units)
-    if new_masks is not None:
-        apply_masks(model, new_masks)
-        memory.save_mask(new_masks)
-    met = -1.0 if profile is None else float(budgets.personal_fits(profile, model, new_masks, new_units, inputs))
-    state = model.state_dict()
+    if units is not None:
+        memory.save_units(units)
+    if masks is not None:
+        apply_masks(model, masks)
+        memory.save_mask(masks)
     if keeps_own_tensors(cfg, method):
-        memory.save_model(state)
+        memory.save_model(model.state_dict())
+    met = -1.0 if profile is None else float(budgets.personal_fits(profile, model, masks, units, inputs))
+    return LocalRound(loss, masks, units, met)
+
+
+def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> Message:
+    """Train the personal model on local data, prune on schedule, reply with what it shares."""
+    torch.set_num_threads(1)
+    method, server_round, partition = _request(message, context)
+    memory = ClientMemory(context.state, method.name)
+    model, masks = receive(message, cfg, method, memory, partition)
+    started = time.perf_counter()
+    result = _train_and_prune(model, masks, method, cfg, memory, partition, server_round)
     seconds = time.perf_counter() - started
 
-    digest = wire.mask_digest(new_masks)
-    sent = partial.intersect(new_masks, sharing(cfg, model).shared(partition, server_round))
+    state = model.state_dict()
+    digest = wire.mask_digest(result.masks)
+    sent = partial.intersect(result.masks, sharing(cfg, model).shared(partition, server_round))
     # The mask travels only when the server does not hold it yet.
     changed = digest != wire.int_of(message.content.config_records["config"], "mask-digest")
     if not method.federated:
         arrays = wire.pack({}, None)
     elif method.structured:
-        arrays = wire.pack(state, sent, units=new_units if changed else None)
+        arrays = wire.pack(state, sent, units=result.units if changed else None)
     else:
-        arrays = wire.pack(state, sent, new_masks if changed else None)
-    values = (len(data.train_y), loss, seconds, mask_sparsity(new_masks or {}), partition, met)
+        arrays = wire.pack(state, sent, result.masks if changed else None)
+    examples = len(clients_data(cfg)[partition].train_y)
+    values = (examples, result.loss, seconds, mask_sparsity(result.masks or {}), partition, result.budget_met)
     metrics = MetricRecord(dict(zip(wire.TRAIN_METRICS, values, strict=True)))
     reply = RecordDict({"arrays": arrays, "metrics": metrics,
                         "wire": ConfigRecord({"mask-digest": digest, "server-round": server_round})})
