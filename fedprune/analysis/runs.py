@@ -1,7 +1,7 @@
 """Read run folders and extract the series the report plots.
 
 A run folder (``fedprune run --out DIR``) holds ``config.json``, ``summary.json``
-and ``rounds.jsonl``; see ``fedprune.server.loop`` for the record phases.
+and ``rounds.jsonl``; see ``fedprune.server.records`` for the record phases.
 Every extraction function takes the parsed records of one run and a method name,
 so it can be tested on hand-made records.
 """
