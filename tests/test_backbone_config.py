@@ -25,7 +25,7 @@ CASES = [
     (["--set", "partitioner=bogus"], "partitioner"),
     (["--set", "classes_per_client=11"], "classes_per_client"),  # digits has 10 classes
     (["--set", "learning_rate=inf"], "learning_rate"),
-    (["--set", "aggregation=median"], "aggregation"),
+    (["--set", "aggregation=krum"], "aggregation"),
 ]
 
 

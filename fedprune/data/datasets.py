@@ -63,7 +63,7 @@ def text_table(source: DataSource) -> tuple[datasets.Dataset, DatasetInfo]:
 
     table = load_text_table(_need_path(source, "text"), source.text_column or None, source.label_column,
                             "train", source.config or None)
-    return table, _text_info(table)
+    return table, _text_info(table, source.path)
 
 
 def amazon_domains(source: DataSource) -> tuple[datasets.Dataset, DatasetInfo]:
@@ -71,7 +71,7 @@ def amazon_domains(source: DataSource) -> tuple[datasets.Dataset, DatasetInfo]:
     from fedprune.data.text import load_amazon_domains
 
     table = load_amazon_domains(_need_path(source, "amazon"), "train", list(source.domains) or None)
-    return table, _text_info(table)
+    return table, _text_info(table, source.path)
 
 
 def _need_path(source: DataSource, name: str) -> str:
@@ -82,10 +82,18 @@ def _need_path(source: DataSource, name: str) -> str:
     return source.path
 
 
-def _text_info(table: datasets.Dataset) -> DatasetInfo:
-    from fedprune.data.text import num_classes
+def _text_info(table: datasets.Dataset, path: str) -> DatasetInfo:
+    """Text inputs with K classes; the labels must be exactly 0..K-1, K >= 2."""
+    from fedprune.data.text import TextDataError
 
-    return DatasetInfo(input_shape=(), num_classes=max(num_classes(table), 2), inputs=TEXT)
+    labels = sorted(set(table["label"]))
+    if len(labels) < 2:
+        raise TextDataError(f"data_path: {path}: every label is {labels[0] if labels else None}; "
+                            "a classifier needs at least 2 classes")
+    if labels[-1] != len(labels) - 1:
+        raise TextDataError(f"data_path: {path}: labels must be the integers 0..K-1; found {len(labels)} "
+                            f"distinct labels, the largest {labels[-1]}")
+    return DatasetInfo(input_shape=(), num_classes=len(labels), inputs=TEXT)
 
 
 #: the config's ``dataset`` values, one line per dataset

