@@ -18,6 +18,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from fedprune.data.datasets import DATASET_NAMES, TEXT, DatasetInfo, load_dataset
 from fedprune.data.partition import PARTITIONERS
+from fedprune.faults import FAULT_KINDS
 from fedprune.methods import METHODS, method_options
 from fedprune.models import FAMILIES, MODEL_NAMES, family_named
 from fedprune.options import (
@@ -25,6 +26,7 @@ from fedprune.options import (
     FRACTION_OPEN,
     FRACTION_OPEN_CLOSED,
     POSITIVE,
+    Bounds,
     Doc,
     at_least,
     check_value,
@@ -40,10 +42,11 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the field."""
 
 
-DATA, TEXT_DATA, MODEL, FEDERATION, TRAINING, SCHEDULE, PERSONAL, DEVICES, SIMULATION = (
+DATA, TEXT_DATA, MODEL, FEDERATION, TRAINING, SCHEDULE, PERSONAL, DEVICES, FAULTS, SIMULATION = (
     "Data", "Text data (`dataset = \"text\"` or `\"amazon\"`, `model = \"transformer\"`)", "Model",
     "Federation", "Local training", "Pruning schedule (every pruner)",
-    "Personalization and partial updates (combine with any method)", "Device profiles", "Simulation")
+    "Personalization and partial updates (combine with any method)", "Device profiles",
+    "Faults and robustness (docs/faults.md)", "Simulation")
 
 
 @dataclass(frozen=True)
@@ -108,9 +111,13 @@ class ExperimentConfig:
                                        "always asks all", bounds=FRACTION_OPEN_CLOSED, section=FEDERATION)
     evaluate_every: int = setting(1, "evaluate personal and global models every k rounds (and after the last)",
                                   bounds=at_least(1), section=FEDERATION)
-    aggregation: str = setting("mean", "per-entry aggregation rule over the clients that sent an entry "
-                               "(`mean`: example-weighted mean; dense methods use Flower's FedAvg mean)",
-                               choices=tuple(AGGREGATION_RULES), section=FEDERATION)
+    aggregation: str = setting("mean", "per-entry aggregation rule over the clients that sent an entry: `mean` "
+                               "(example-weighted; dense methods use Flower's FedAvg mean), `median` or "
+                               "`trimmed-mean` (coordinate-wise, unweighted)", choices=tuple(AGGREGATION_RULES),
+                               section=FEDERATION)
+    trim_fraction: float = setting(0.1, "`trimmed-mean`: of the k clients that sent an entry, drop the "
+                                   "floor(trim_fraction * k) smallest and largest values",
+                                   bounds=Bounds(0, 0.5, high_open=True), section=FEDERATION)
     # local training
     local_epochs: int = setting(2, "local epochs E per round", bounds=at_least(1), section=TRAINING)
     batch_size: int = setting(32, "local minibatch size", bounds=at_least(1), section=TRAINING)
@@ -153,6 +160,30 @@ class ExperimentConfig:
                                           "`max_flops` (per example), `max_param_bytes`, `threads`, and "
                                           "`fraction` or `clients` (docs/methods.md, Device classes)",
                                           section=DEVICES)
+    # faults and robustness
+    round_timeout: float = setting(600.0, "seconds the server waits for the replies of one exchange (train or "
+                                   "evaluate); a client that has not answered by then is recorded as missing",
+                                   bounds=POSITIVE, section=FAULTS)
+    min_reply_fraction: float = setting(0.5, "a round in which fewer than this fraction of the sampled clients' "
+                                        "train replies are accepted fails: the global model is kept",
+                                        bounds=Bounds(0, 1), section=FAULTS)
+    max_failed_rounds: int = setting(3, "stop the run (exit 1) after this many failed rounds in a row",
+                                     bounds=at_least(1), section=FAULTS)
+    max_abs_value: float = setting(1e6, "reject a reply holding a value larger than this in magnitude (0: no "
+                                   "bound)", bounds=at_least(0), section=FAULTS)
+    max_update_ratio: float = setting(0.0, "reject a reply whose update norm (over the entries it sent) exceeds "
+                                      "this multiple of the global model's norm over them (0: no bound)",
+                                      bounds=at_least(0), section=FAULTS)
+    clip_update_norm: float = setting(0.0, "scale every client's update down to at most this L2 norm before "
+                                      "aggregation (0: no clipping)", bounds=at_least(0), section=FAULTS)
+    max_examples: int = setting(0, "the most training examples a reply may claim (0: the client's own train "
+                                "part, known to the server in simulation)", bounds=at_least(0), section=FAULTS)
+    fault_fraction: float = setting(0.0, "fault injection: this fraction of the sampled clients misbehaves in "
+                                    "every training round (seeded; 0: off)", bounds=Bounds(0, 1), section=FAULTS)
+    fault_kinds: list[str] = setting(list(FAULT_KINDS), "the faults injected, in rotation", choices=FAULT_KINDS,
+                                     section=FAULTS)
+    straggle_seconds: float = setting(2.0, "extra delay of a `straggle` fault (keep it below `round_timeout`)",
+                                      bounds=at_least(0), section=FAULTS)
     # simulation
     num_cpus_per_client: float = setting(1.0, "Ray CPUs per virtual client", bounds=POSITIVE, section=SIMULATION)
     pruner_options: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={"internal": True})
@@ -251,6 +282,10 @@ def _check_consistency(cfg: ExperimentConfig, num_examples: int, num_groups: int
     post = [m for m in cfg.methods if METHODS[m].personal.reports_units]
     need(not (cfg.device_profiles and post),
          f"device_profiles: not supported by {', '.join(post)} (it prunes every client to final_sparsity)")
+    need(len(cfg.fault_kinds) > 0 or cfg.fault_fraction == 0,
+         f"fault_kinds: give at least one kind; allowed: {', '.join(FAULT_KINDS)}")
+    need(cfg.straggle_seconds < cfg.round_timeout or "straggle" not in cfg.fault_kinds or cfg.fault_fraction == 0,
+         f"straggle_seconds: {cfg.straggle_seconds} must be below round_timeout ({cfg.round_timeout})")
     need(cfg.prune_end_round >= cfg.prune_start_round,
          f"prune_end_round: {cfg.prune_end_round} must be at least prune_start_round ({cfg.prune_start_round})")
     for name in ("mlp_widths", "cnn_channels"):
@@ -271,6 +306,13 @@ def _check_consistency(cfg: ExperimentConfig, num_examples: int, num_groups: int
         need(cfg.num_clients == groups * cfg.clients_per_domain,
              f"num_clients: {cfg.num_clients} does not match {groups} domains x clients_per_domain "
              f"{cfg.clients_per_domain} = {groups * cfg.clients_per_domain}")
+    if family.inputs == TEXT:
+        from fedprune.models.text import TextModelError, resolve_source
+
+        try:
+            resolve_source(cfg.pretrained)
+        except TextModelError as error:
+            raise ConfigError(str(error)) from None
     need(not cfg.freeze_embeddings or family.inputs == TEXT,
          "freeze_embeddings: only transformer models have embeddings; set model = \"transformer\"")
     shrunk = [m for m in cfg.methods if METHODS[m].model == "small-dense"]

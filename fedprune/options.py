@@ -43,6 +43,8 @@ class Bounds:
 
     def violation(self, name: str, value: float) -> str:
         """The one-line error for ``value`` outside the range."""
+        if not math.isfinite(value):
+            return f"{name}: {value} is not a finite number; allowed: {self.describe()}"
         if self.low is not None and self.high is not None:
             return f"{name}: {value} is outside the allowed range {self.describe()}"
         if self.low == 0 and self.low_open:

@@ -31,6 +31,15 @@ TRAIN_METRICS = ("num-examples", "train-loss", "compute-seconds", "sparsity", "p
 EVALUATE_METRICS = ("num-examples", "accuracy", "sparsity", "partition-id")
 
 
+class PayloadError(ValueError):
+    """Arrays in a message that cannot be used; ``code`` says why: ``malformed`` (a missing
+    tensor, a wrong size or shape, a bitmap that does not fit) or ``non-finite``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def mask_digest(masks: Masks | None) -> int:
     """CRC-32 over the packed masks in name order; 0 means "no mask" (all dense)."""
     if not masks:
@@ -80,8 +89,8 @@ def units_in(record: ArrayRecord, sizes: Mapping[str, int]) -> Masks:
         if key.startswith(UNITS_PREFIX):
             group = key[len(UNITS_PREFIX):]
             if group not in sizes:
-                raise ValueError(f"unit mask for unknown group {group!r}")
-            units[group] = decode_bitmap(record[key].numpy(), (sizes[group],))
+                raise PayloadError("malformed", f"unit mask for unknown group {group!r}")
+            units[group] = _decode(record, key, (sizes[group],))
     return units
 
 
@@ -92,9 +101,16 @@ def bitmaps_in(record: ArrayRecord, template: Mapping[str, torch.Tensor]) -> Mas
         if key.endswith(BITMAP_SUFFIX):
             name = key[: -len(BITMAP_SUFFIX)]
             if name not in template:
-                raise ValueError(f"bitmap for unknown tensor {name!r}")
-            masks[name] = decode_bitmap(record[key].numpy(), tuple(template[name].shape))
+                raise PayloadError("malformed", f"bitmap for unknown tensor {name!r}")
+            masks[name] = _decode(record, key, tuple(template[name].shape))
     return masks
+
+
+def _decode(record: ArrayRecord, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    try:
+        return decode_bitmap(record[key].numpy(), shape)
+    except ValueError as error:
+        raise PayloadError("malformed", f"{key}: {error}") from None
 
 
 def unpack(
@@ -102,9 +118,10 @@ def unpack(
 ) -> dict[str, torch.Tensor]:
     """Decode ``record`` into full-size tensors shaped like ``template``.
 
-    Masked tensors are scattered into zeros at the kept entries of ``masks``.
-    Raises ``ValueError`` on a missing tensor, a wrong size or a non-finite value,
-    so that a faulty message never reaches a model.
+    Masked tensors are scattered into zeros at the kept entries of ``masks``. Values are
+    cast to the template's dtype first and checked finite after the cast (a float64 1e300
+    becomes inf in float32). Raises ``PayloadError`` on a missing tensor, a wrong size or
+    a non-finite value, so that a faulty message never reaches a model.
     """
     masks = masks or {}
     state = {}
@@ -113,19 +130,25 @@ def unpack(
             state[name] = torch.zeros_like(like)
             continue
         if name not in record:
-            raise ValueError(f"tensor {name!r} missing from message")
-        values = torch.from_numpy(np.asarray(record[name].numpy()).copy())
+            raise PayloadError("malformed", f"tensor {name!r} missing from message")
+        try:
+            values = torch.from_numpy(np.asarray(record[name].numpy()).copy()).to(like.dtype)
+        except (TypeError, ValueError) as error:
+            raise PayloadError("malformed", f"tensor {name!r}: {error}") from None
         if name in masks:
             if values.numel() != int(masks[name].sum()):
-                raise ValueError(f"tensor {name!r}: {values.numel()} values for {int(masks[name].sum())} kept entries")
+                raise PayloadError("malformed", f"tensor {name!r}: {values.numel()} values for "
+                                                f"{int(masks[name].sum())} kept entries")
             full = torch.zeros_like(like)
-            full[masks[name]] = values.to(like.dtype).reshape(-1)
+            full[masks[name]] = values.reshape(-1)
             values = full
         elif tuple(values.shape) != tuple(like.shape):
-            raise ValueError(f"tensor {name!r}: shape {tuple(values.shape)}, expected {tuple(like.shape)}")
-        if not torch.isfinite(values.to(torch.float64)).all():
-            raise ValueError(f"tensor {name!r} holds non-finite values")
-        state[name] = values.to(like.dtype)
+            raise PayloadError("malformed", f"tensor {name!r}: shape {tuple(values.shape)}, "
+                                            f"expected {tuple(like.shape)}")
+        if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+            raise PayloadError("non-finite", f"tensor {name!r} holds non-finite values (after the cast to "
+                                             f"{str(like.dtype).removeprefix('torch.')})")
+        state[name] = values
     return state
 
 
@@ -141,8 +164,9 @@ def int_of(record: Mapping[str, Any], key: str) -> int:
 def message_bytes(message: Message) -> int:
     """Serialized payload size of ``message``: every record's ``count_bytes()``.
 
-    An error reply carries no records; its reason string is counted instead.
+    An error reply carries no records and counts 0: it is not model traffic (its reason
+    is recorded with the rejection).
     """
     if message.has_error():
-        return len((message.error.reason or "").encode())
+        return 0
     return sum(record.count_bytes() for record in message.content.values())

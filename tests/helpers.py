@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import Context, Error, Message, MessageType, RecordDict
 
 from fedprune.clients.app import handle_evaluate, handle_query, handle_train
 from fedprune.config import ExperimentConfig
@@ -33,7 +34,8 @@ def new_strategy(cfg: ExperimentConfig, method: str, partition_of: dict[int, int
 
 class InProcessGrid:
     """Hands messages to the ClientApp handlers in this process, one Context per node: the
-    parts of Flower's ``Grid`` that ``Strategy.start`` and fedprune use, without Ray."""
+    parts of Flower's ``Grid`` that ``Strategy.start`` and fedprune use, without Ray.
+    ``reply`` returning None stands for a client that never answers."""
 
     def __init__(self, cfg: ExperimentConfig, partition_of: dict[int, int]) -> None:
         self.cfg = cfg
@@ -46,14 +48,32 @@ class InProcessGrid:
     def get_node_ids(self) -> list[int]:
         return sorted(self.contexts)
 
-    def reply(self, message: Message) -> Message:
+    def reply(self, message: Message) -> Message | None:
         """The handler's reply to one message."""
         context = self.contexts[message.metadata.dst_node_id]
         kind = message.metadata.message_type
         if kind == MessageType.QUERY:
             return handle_query(message, context)
         handler = handle_train if kind == MessageType.TRAIN else handle_evaluate
-        return handler(message, context, self.cfg)
+        try:
+            return handler(message, context, self.cfg)
+        except Exception as error:  # what Flower sends back when a ClientApp raises
+            return Message(Error(code=0, reason=f"{type(error).__name__}: {error}"), reply_to=message)
 
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
-        return [self.reply(m) for m in messages]
+        return [reply for reply in map(self.reply, messages) if reply is not None]
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Answer every message at once (as Flower's in-memory grid, ids are fresh uuids)."""
+        ids = []
+        self.outbox: dict[str, Message] = getattr(self, "outbox", {})
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            ids.append(message.metadata.message_id)
+            reply = self.reply(message)
+            if reply is not None:
+                self.outbox[message.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self.outbox.pop(i) for i in list(message_ids) if i in self.outbox]

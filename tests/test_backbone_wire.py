@@ -214,7 +214,7 @@ def test_message_bytes_of_simple_array_message(task_identity) -> None:
     assert wire.message_bytes(message) == 128 + 40 + 3
 
 
-def test_message_bytes_of_error_reply_counts_reason(task_identity) -> None:
+def test_an_error_reply_is_not_model_traffic(task_identity) -> None:
     request = Message(RecordDict(), dst_node_id=3, message_type=MessageType.TRAIN)
     reply = Message(Error(code=0, reason="boom!"), reply_to=request)
-    assert wire.message_bytes(reply) == 5
+    assert wire.message_bytes(reply) == 0

@@ -26,7 +26,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedprune import partial, wire
-from fedprune.clients import budgets
+from fedprune.clients import budgets, faults
 from fedprune.clients.state import ClientMemory
 from fedprune.config import ExperimentConfig, config_from_run_config
 from fedprune.data.federation import clients_data
@@ -212,6 +212,8 @@ def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> M
     """Train the personal model on local data, prune on schedule, reply with what it shares."""
     torch.set_num_threads(1)
     method, server_round, partition = _request(message, context)
+    fault = str(message.content.config_records["config"].get("fault", ""))
+    faults.before_reply(fault, cfg)  # injected crash, hang or straggle (fedprune.faults)
     memory = ClientMemory(context.state, method.name)
     model, masks = receive(message, cfg, method, memory, partition)
     started = time.perf_counter()
@@ -234,6 +236,8 @@ def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> M
     metrics = MetricRecord(dict(zip(wire.TRAIN_METRICS, values, strict=True)))
     reply = RecordDict({"arrays": arrays, "metrics": metrics,
                         "wire": ConfigRecord({"mask-digest": digest, "server-round": server_round})})
+    if fault:
+        faults.corrupt(reply, fault)
     return Message(reply, reply_to=message)
 
 

@@ -1,13 +1,12 @@
 """The Flower ServerApp: runs every configured method in turn and writes the run folder.
 
-Run folder: ``config.json`` (the resolved config), ``rounds.jsonl`` (per-round,
-per-client records) and ``summary.json`` (``{"methods": [...]}``).
+Run folder: ``config.json`` (the resolved config), ``status.json`` (running, complete,
+failed), ``rounds.jsonl`` (per-round, per-client records, ``fedprune.server.records``) and,
+once every method has finished, ``summary.json`` (``{"methods": [...]}``).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,30 +17,36 @@ from flwr.serverapp import Grid, ServerApp
 from fedprune.analysis import format_table
 from fedprune.config import ExperimentConfig, config_from_run_config
 from fedprune.server.experiment import discover_partitions, run_method
-from fedprune.server.records import Recorder
-
-
-def write_json_atomic(path: Path, payload: object) -> None:
-    """Write JSON to ``path`` through a temporary file, so readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+from fedprune.server.interrupt import Interrupted
+from fedprune.server.records import Recorder, write_json_atomic, write_status
 
 
 def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: Path,
                    progress: Callable[[str], None] = print) -> list[dict]:
-    """Run every method of ``cfg`` on the nodes of ``grid``; write and return the summary rows."""
+    """Run every method of ``cfg`` on the nodes of ``grid``; write and return the summary rows.
+
+    A run that fails (``RunFailed`` or any other error) is marked ``failed`` in
+    ``status.json`` with a one-line message and writes no summary; the error propagates.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "config.json", cfg.to_dict())
+    write_status(out_dir, "running")
     recorder = Recorder(out_dir)
     try:
         partition_of = discover_partitions(grid, recorder, cfg.num_clients)
         if len(partition_of) != cfg.num_clients:
             raise RuntimeError(f"{len(partition_of)} nodes connected, config asks for {cfg.num_clients}")
         rows = [run_method(cfg, method, grid, recorder, partition_of, progress) for method in cfg.methods]
+    except Interrupted:
+        write_status(out_dir, "interrupted", "stopped by the user (Ctrl-C)")
+        raise
+    except Exception as error:
+        write_status(out_dir, "failed", str(error).splitlines()[0] if str(error) else type(error).__name__)
+        raise
     finally:
         recorder.close()
     write_json_atomic(out_dir / "summary.json", {"methods": rows})
+    write_status(out_dir, "complete")
     progress("\n" + format_table(rows))
     return rows
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from torch import nn
 
 from fedprune import wire
 from fedprune.config import ExperimentConfig
-from fedprune.data.federation import union_test_set
+from fedprune.data.federation import clients_data, union_test_set
 from fedprune.device.profiles import profile_threads
 from fedprune.methods import METHODS, Method
 from fedprune.models.factory import initial_model, new_model, sharing
@@ -31,10 +32,13 @@ from fedprune.server.costs import mean_costs, personal_costs
 from fedprune.server.grid import CountingGrid
 from fedprune.server.records import Recorder
 from fedprune.strategies import AGGREGATION_RULES, DenseFedAvg, LocalOnly, MaskedFedAvg, PersonalizedStrategy
-from fedprune.strategies.personalized import Journal, UnitStructure
+from fedprune.strategies.personalized import FaultSettings, Journal, UnitStructure
+from fedprune.strategies.replies import Safeguards
+from fedprune.strategies.rules import RuleSettings
 from fedprune.training import accuracy
 
-TIMEOUT_S = 3600.0
+#: how long the server waits for every node to report its partition at start-up
+SETUP_TIMEOUT_S = 600.0
 MB = 1e6
 
 
@@ -46,7 +50,7 @@ def discover_partitions(grid: Grid, recorder: Recorder, expected: int, wait_s: f
             raise RuntimeError(f"{len(nodes)} nodes connected after {wait_s:.0f}s, config asks for {expected}")
         time.sleep(0.2)
     queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-    replies = list(grid.send_and_receive(queries, timeout=TIMEOUT_S))
+    replies = list(grid.send_and_receive(queries, timeout=SETUP_TIMEOUT_S))
     mapping = {}
     for reply in replies:
         if reply.has_error():
@@ -76,7 +80,8 @@ def make_strategy(cfg: ExperimentConfig, name: str, model: nn.Module, partition_
     shares = sharing(cfg, model)
     common: dict = dict(seed=cfg.seed, num_rounds=cfg.rounds, fraction_train=cfg.fraction_train,
                         fraction_evaluate=cfg.fraction_evaluate, evaluate_every=cfg.evaluate_every,
-                        sharing=shares, reports_units=method.personal.reports_units)
+                        sharing=shares, reports_units=method.personal.reports_units,
+                        safeguards=safeguards(cfg), faults=FaultSettings(cfg.fault_fraction, tuple(cfg.fault_kinds)))
     if journal is not None:
         common["journal"] = journal
     if method.structured or method.personal.reports_units:
@@ -85,12 +90,21 @@ def make_strategy(cfg: ExperimentConfig, name: str, model: nn.Module, partition_
                                             lambda units: expand_unit_mask(model, groups, units))
     if not method.federated:
         return LocalOnly(template, partition_of, name, **common)
-    if method.pruner is None and not shares.partial and cfg.aggregation == "mean":
+    if method.pruner is None and not shares.partial and cfg.aggregation == "mean" and not cfg.clip_update_norm:
         return DenseFedAvg(template, partition_of, name, **common)
     # One global mask is for unstructured masks (a union of squeezed models is not squeezed).
     consensus = cfg.global_mask if method.pruner is not None and not method.structured else "none"
-    return MaskedFedAvg(template, partition_of, name, rule=AGGREGATION_RULES[cfg.aggregation],
+    rule = AGGREGATION_RULES[cfg.aggregation](RuleSettings(cfg.trim_fraction))
+    return MaskedFedAvg(template, partition_of, name, rule=rule, clip_norm=cfg.clip_update_norm,
                         consensus=consensus, vote_threshold=cfg.vote_threshold, **common)
+
+
+def safeguards(cfg: ExperimentConfig) -> Safeguards:
+    """What the server accepts from replies of ``cfg``'s clients: at most ``max_examples``
+    examples (0: each client's own train part), bounded values, and the round-health rule."""
+    sizes = {p: cfg.max_examples or len(data.train_y) for p, data in enumerate(clients_data(cfg))}
+    return Safeguards(sizes, cfg.max_abs_value, cfg.max_update_ratio, cfg.min_reply_fraction,
+                      cfg.max_failed_rounds)
 
 
 def global_accuracy(cfg: ExperimentConfig, method: Method, arrays: ArrayRecord) -> float:
@@ -126,9 +140,12 @@ class RoundEnd:
                          global_accuracy=self.global_accuracy)
         accuracies = self.strategy.reports.accuracy.values()
         mean_acc = statistics.fmean(accuracies) if accuracies else float("nan")
+        rejected = [r for r in self.strategy.rejected if r.server_round == server_round]
+        problems = "; ".join(f"client {r.partition} ({r.exchange}): {r.reason}" for r in rejected)
         self.progress(f"[{self.method.name}] round {server_round}/{self.cfg.rounds}  "
                       f"{time.perf_counter() - self.round_started:5.2f}s  personal acc {mean_acc:.3f}  "
-                      f"up {self.grid.bytes_up / MB:.3f} MB  down {self.grid.bytes_down / MB:.3f} MB")
+                      f"up {self.grid.bytes_up / MB:.3f} MB  down {self.grid.bytes_down / MB:.3f} MB"
+                      + (f"  rejected {len(rejected)}: {problems}" if rejected else ""))
         self.round_started = time.perf_counter()
         return result
 
@@ -143,7 +160,7 @@ def run_method(cfg: ExperimentConfig, name: str, grid: Grid, recorder: Recorder,
     strategy = make_strategy(cfg, name, model, partition_of, recorder.write)
     counting = CountingGrid(grid, recorder.write, partition_of, counted=method.federated)
     round_end = RoundEnd(cfg, method, strategy, counting, recorder.write, progress)
-    result = strategy.start(counting, initial, cfg.rounds, timeout=TIMEOUT_S, evaluate_fn=round_end)
+    result = strategy.start(counting, initial, cfg.rounds, timeout=cfg.round_timeout, evaluate_fn=round_end)
     final = dict((result.arrays if len(result.arrays) else initial).to_torch_state_dict())
     row = summary_row(cfg, name, strategy, counting, round_end.global_accuracy, time.perf_counter() - started)
     save_personal_models(recorder.out_dir / "models" / f"{name}.pt", final, strategy)
@@ -188,6 +205,10 @@ def summary_row(cfg: ExperimentConfig, name: str, strategy: PersonalizedStrategy
         "sparsity": statistics.fmean(reports.sparsity.values()) if reports.sparsity else 0.0,
         "seconds": seconds,
         "rejected_replies": len(strategy.rejected),
+        "rejected_by_reason": dict(sorted(Counter(r.code for r in strategy.rejected).items())),
+        "failed_rounds": strategy.health.failed_rounds,
+        "faults_injected": dict(sorted(strategy.faults_injected.items())),
+        "faults_detected": dict(sorted(strategy.faults_detected.items())),
         # every client with a device profile met its budget at its last report (None: no profiles)
         "budget_met": all(reports.budget_met.values()) if reports.budget_met else None,
     }

@@ -10,6 +10,7 @@ which a real deployment would not send.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,7 +19,9 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from fedprune import wire
+from fedprune.server import interrupt
 
+PULL_INTERVAL_S = 0.1
 PHASES = {MessageType.TRAIN: "train", MessageType.EVALUATE: "evaluate", MessageType.QUERY: "setup"}
 
 
@@ -40,13 +43,15 @@ class CountingGrid(Grid):
 
     # ---- the counted exchange -------------------------------------------------------------
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Send ``messages``, wait for the replies, record down/up bytes per client."""
+        """Send ``messages``, wait for the replies (at most ``timeout`` seconds; a stop request
+        ends the wait at once), record down/up bytes per client. An error reply counts 0 bytes."""
+        interrupt.check()
         messages = list(messages)
         if not messages:
             return []
         size = wire.message_bytes if self.counted else (lambda _: 0)
         down = {m.metadata.dst_node_id: size(m) for m in messages}
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        replies = self._exchange(messages, timeout)
         up = {r.metadata.src_node_id: size(r) for r in replies}
         config = messages[0].content.config_records.get("config")
         method = None if config is None else config.get("method")
@@ -57,6 +62,22 @@ class CountingGrid(Grid):
                          bytes_down=sent, bytes_up=up.get(node, 0))
         self.bytes_down += sum(down.values())
         self.bytes_up += sum(up.values())
+        return replies
+
+    def _exchange(self, messages: list[Message], timeout: float | None) -> list[Message]:
+        """Push, then pull until every reply is in, ``timeout`` passes or a stop is requested
+        (Flower's ``send_and_receive`` loop, with the stop check)."""
+        pending = set(self.grid.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            interrupt.check()
+            pulled = list(self.grid.pull_messages(pending))
+            replies += pulled
+            pending -= {m.metadata.reply_to_message_id for m in pulled}
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(PULL_INTERVAL_S)
         return replies
 
     # ---- everything else is the real grid's ------------------------------------------------

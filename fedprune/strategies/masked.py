@@ -11,12 +11,13 @@ from fedprune import wire
 from fedprune.pruning.consensus import consensus_mask
 from fedprune.pruning.masks import Masks
 from fedprune.strategies.personalized import Decoded, PersonalizedStrategy
-from fedprune.strategies.rules import Rule, masked_mean
+from fedprune.strategies.rules import Rule, clip_update, masked_mean
 
 
 class MaskedFedAvg(PersonalizedStrategy):
     """Each entry is combined (``rule``, default the weighted mean) over the clients that
-    sent it; entries nobody sent stay put.
+    sent it; entries nobody sent stay put. ``clip_norm`` > 0 first scales every client's
+    update down to at most that L2 norm.
 
     With ``consensus`` (``vote``, ``union``, ``intersection``) the server also merges
     the clients' latest masks into one global mask after every round, zeroes the
@@ -24,10 +25,11 @@ class MaskedFedAvg(PersonalizedStrategy):
     to a client once, when the client's mask differs).
     """
 
-    def __init__(self, *args: Any, rule: Rule = masked_mean, consensus: str = "none",
+    def __init__(self, *args: Any, rule: Rule = masked_mean, clip_norm: float = 0.0, consensus: str = "none",
                  vote_threshold: float = 0.5, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rule = rule
+        self.clip_norm = clip_norm
         self.consensus = consensus
         self.vote_threshold = vote_threshold
         self.global_mask: Masks | None = None
@@ -43,6 +45,9 @@ class MaskedFedAvg(PersonalizedStrategy):
             {"encoding": "masked", "mask-digest": wire.mask_digest(mask)})
 
     def combine(self, decoded: list[Decoded]) -> dict[str, torch.Tensor]:
+        if self.clip_norm:
+            decoded = [(clip_update(self.global_state, values, sent, self.clip_norm), sent, weight)
+                       for values, sent, weight in decoded]
         weights = [weight for _, _, weight in decoded]
         state = {
             name: self.rule(

@@ -22,7 +22,8 @@ masks that post-training clients chose for their personal models (never sent bac
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from logging import INFO
 from typing import Any
@@ -34,9 +35,20 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from fedprune import partial, wire
+from fedprune.faults import HARMLESS, plan_faults
 from fedprune.partial import Sharing
 from fedprune.pruning.masks import Masks
-from fedprune.strategies.replies import RejectedReply, arrays_of, check_evaluate_reply, check_train_reply, wire_of
+from fedprune.strategies.health import RoundHealth
+from fedprune.strategies.replies import (
+    RejectedReply,
+    Safeguards,
+    arrays_of,
+    check_evaluate_reply,
+    check_train_reply,
+    check_values,
+    code_of,
+    wire_of,
+)
 
 #: full-size tensors, the entries the client sent, and its weight
 Decoded = tuple[dict[str, torch.Tensor], Masks, float]
@@ -58,12 +70,21 @@ class UnitStructure:
 
 @dataclass(frozen=True)
 class Rejection:
-    """A reply the strategy did not use."""
+    """A reply the strategy did not use (or a client that did not answer)."""
 
     partition: int
     exchange: str  # "train" or "evaluate"
     server_round: int
     reason: str
+    code: str = "malformed"
+
+
+@dataclass(frozen=True)
+class FaultSettings:
+    """Fault injection: this ``fraction`` of the sampled clients misbehaves, kinds in rotation."""
+
+    fraction: float = 0.0
+    kinds: Sequence[str] = ()
 
 
 @dataclass
@@ -84,6 +105,7 @@ class PersonalizedStrategy(Strategy):
                  seed: int, num_rounds: int, fraction_train: float = 1.0, fraction_evaluate: float = 1.0,
                  evaluate_every: int = 1, sharing: Sharing | None = None,
                  structure: UnitStructure | None = None, reports_units: bool = False,
+                 safeguards: Safeguards | None = None, faults: FaultSettings | None = None,
                  journal: Journal = _discard) -> None:
         self.template = template
         self.partition_of = partition_of
@@ -96,7 +118,11 @@ class PersonalizedStrategy(Strategy):
         self.sharing = sharing or Sharing(template)
         self.structure = structure
         self.reports_units = reports_units
+        self.safeguards = safeguards or Safeguards()
+        self.faults = faults or FaultSettings()
         self.journal = journal
+        self.seed = seed
+        self.health = RoundHealth(method, self.safeguards.min_reply_fraction, self.safeguards.max_failed_rounds)
         # tensors that never travel (frozen on both sides): left out of every payload
         self.frozen: Masks = partial.nothing_of(template, self.sharing.frozen)
         self.client_masks: dict[int, Masks] = {}
@@ -106,6 +132,10 @@ class PersonalizedStrategy(Strategy):
         self.rejected: list[Rejection] = []
         self.reports = ClientReports()
         self.global_state: dict[str, torch.Tensor] = {}
+        self.asked: dict[str, set[int]] = {"train": set(), "evaluate": set()}  # this round's messages
+        self.planned: dict[int, str] = {}  # this round's injected faults
+        self.faults_injected: Counter[str] = Counter()
+        self.faults_detected: Counter[str] = Counter()
 
     def summary(self) -> None:
         """Log the strategy's settings (Flower calls this when ``start`` begins)."""
@@ -141,12 +171,13 @@ class PersonalizedStrategy(Strategy):
         return partial.intersect(masks, self.sharing.shared(partition, server_round))
 
     def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                  node_ids: list[int], message_type: str) -> list[Message]:
+                  node_ids: list[int], message_type: str, extra: dict[int, dict] | None = None) -> list[Message]:
         self.global_state = dict(arrays.to_torch_state_dict())
         messages = []
         for node_id in node_ids:
-            model, wire_config = self.payload(self.partition_of[node_id], server_round)
-            content = ConfigRecord({**dict(config), **dict(wire_config),
+            partition = self.partition_of[node_id]
+            model, wire_config = self.payload(partition, server_round)
+            content = ConfigRecord({**dict(config), **dict(wire_config), **(extra or {}).get(partition, {}),
                                     "method": self.method, "server-round": server_round})
             messages.append(Message(RecordDict({"arrays": model, "config": content}),
                                     dst_node_id=node_id, message_type=message_type))
@@ -154,9 +185,16 @@ class PersonalizedStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """One message per sampled client, each with its own payload."""
-        return self._messages(server_round, arrays, config, self.sample(self.fraction_train),
-                              MessageType.TRAIN)
+        """One message per sampled client, each with its own payload (and its injected fault)."""
+        nodes = self.sample(self.fraction_train)
+        self.asked["train"] = {self.partition_of[n] for n in nodes}
+        self.planned = plan_faults(self.seed, self.method, server_round, sorted(self.asked["train"]),
+                                   self.faults.fraction, self.faults.kinds) if self.faults.fraction else {}
+        for partition, kind in self.planned.items():
+            self.faults_injected[kind] += 1
+            self.journal(method=self.method, round=server_round, phase="fault", client=partition, kind=kind)
+        extra = {partition: {"fault": kind} for partition, kind in self.planned.items()}
+        return self._messages(server_round, arrays, config, nodes, MessageType.TRAIN, extra)
 
     def evaluates_in(self, server_round: int) -> bool:
         """Whether personal (and global) accuracy is measured after ``server_round``."""
@@ -168,17 +206,26 @@ class PersonalizedStrategy(Strategy):
         if not self.evaluates_in(server_round):
             return []
         fraction = 1.0 if server_round == self.num_rounds else self.fraction_evaluate
-        return self._messages(server_round, arrays, config, self.sample(fraction), MessageType.EVALUATE)
+        nodes = self.sample(fraction)
+        self.asked["evaluate"] = {self.partition_of[n] for n in nodes}
+        return self._messages(server_round, arrays, config, nodes, MessageType.EVALUATE)
 
     # ---- replies ------------------------------------------------------------------------
     def _partition(self, message: Message) -> int:
         return self.partition_of.get(message.metadata.src_node_id, -1)
 
-    def _reject(self, partition: int, exchange: str, server_round: int, reason: str) -> None:
-        self.rejected.append(Rejection(partition, exchange, server_round, reason))
+    def _reject(self, partition: int, exchange: str, server_round: int, error: Exception) -> None:
+        rejection = Rejection(partition, exchange, server_round, str(error), code_of(error))
+        self.rejected.append(rejection)
         self.known.discard(partition)  # resynchronise with a dense payload next time
         self.journal(method=self.method, round=server_round, phase="rejected", exchange=exchange,
-                     client=partition, reason=reason)
+                     client=partition, code=rejection.code, reason=rejection.reason)
+
+    def _unanswered(self, exchange: str, answered: set[int], server_round: int) -> None:
+        """Record every client asked in this exchange that did not answer before the timeout."""
+        for partition in sorted(self.asked[exchange] - answered):
+            self._reject(partition, exchange, server_round,
+                         RejectedReply("no reply before the round's timeout", "no-reply"))
 
     def decode(self, message: Message, partition: int, weight: float) -> Decoded:
         """Full-size tensors, the entries the client sent, and its weight; raises on faults."""
@@ -190,7 +237,7 @@ class PersonalizedStrategy(Strategy):
         masks = masks or self.client_masks.get(partition)
         info = wire_of(message)
         if wire.mask_digest(masks) != wire.int_of(info, "mask-digest"):
-            raise RejectedReply("reply's values follow a mask the server does not hold")
+            raise RejectedReply("reply's values follow a mask the server does not hold", "malformed")
         sent = self.sent_entries(masks, partition, wire.int_of(info, "server-round"))
         state = wire.unpack(wire.values_only(record), self.template, sent)
         if masks:
@@ -201,29 +248,48 @@ class PersonalizedStrategy(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate and decode every reply, record the accepted ones, aggregate them (``combine``)."""
-        accepted = []
+        """Validate and decode every reply, record the accepted ones, aggregate them (``combine``)
+        unless the round failed (too few accepted replies, or a non-finite aggregate)."""
+        accepted, answered = [], set()
         for message in sorted(replies, key=self._partition):
             partition = self._partition(message)
+            answered.add(partition)
             try:
-                metrics = check_train_reply(message, partition, server_round)
+                metrics = check_train_reply(message, partition, server_round,
+                                            self.safeguards.max_examples.get(partition))
                 decoded = self.decode(message, partition, metrics["num-examples"])
+                check_values(decoded[0], decoded[1], self.global_state, self.safeguards.max_abs_value,
+                             self.safeguards.max_update_ratio)
             except (RejectedReply, ValueError, KeyError, TypeError) as error:
-                self._reject(partition, "train", server_round, str(error))
+                self._reject(partition, "train", server_round, error)
                 continue
             self.known.add(partition)
             accepted.append((partition, decoded, metrics))
+        self._unanswered("train", answered, server_round)
+        self._count_detected(server_round, {p for p, _, _ in accepted})
         for partition, _, metrics in accepted:
             self._note_train(partition, server_round, metrics)
-        if not accepted:
-            return None, None
-        state = self.combine([decoded for _, decoded, _ in accepted])
+        state = self.combine([decoded for _, decoded, _ in accepted]) if accepted else None
+        why = "" if state is None or _finite(state) else "the aggregated model is not finite"
+        sampled = len(self.asked["train"])
+        ok = self.health.judge(sampled, len(accepted), why)
         total = sum(m["num-examples"] for *_, m in accepted)
-        loss = sum(m["train-loss"] * m["num-examples"] for *_, m in accepted) / total
-        self.journal(method=self.method, round=server_round, phase="train-summary", clients=len(accepted),
-                     num_examples=total, train_loss_weighted=loss)
-        return ArrayRecord(state), MetricRecord({"train-loss": loss, "num-examples": total,
+        loss = sum(m["train-loss"] * m["num-examples"] for *_, m in accepted) / total if total else None
+        self.journal(method=self.method, round=server_round, phase="train-summary", sampled=sampled,
+                     clients=len(accepted), failed=not ok, reason=why or None, num_examples=total,
+                     train_loss_weighted=loss)
+        self.health.stop_if_exhausted(server_round, sampled, len(accepted), why)
+        if not ok or state is None:
+            return None, None
+        return ArrayRecord(state), MetricRecord({"train-loss": loss or 0.0, "num-examples": total,
                                                  "clients": len(accepted)})
+
+    def _count_detected(self, server_round: int, accepted: set[int]) -> None:
+        """Injected faults whose reply was not accepted were detected (a straggler's valid reply
+        is accepted: nothing to detect)."""
+        for partition, kind in self.planned.items():
+            if partition not in accepted and kind not in HARMLESS:
+                self.faults_detected[kind] += 1
 
     def _note_train(self, partition: int, server_round: int, metrics: dict[str, float]) -> None:
         self.reports.sparsity[partition] = metrics["sparsity"]
@@ -238,17 +304,19 @@ class PersonalizedStrategy(Strategy):
         """Validate every evaluate reply, record each client's personal accuracy; return the
         example-weighted mean accuracy (the summary's ``personal_accuracy_mean`` is the plain
         mean over clients instead)."""
-        accepted = []
+        accepted, answered = [], set()
         for message in sorted(replies, key=self._partition):
             partition = self._partition(message)
+            answered.add(partition)
             try:
                 metrics = check_evaluate_reply(message, partition)
                 if self.reports_units:
                     self.note_post_units(partition, arrays_of(message))
             except (RejectedReply, ValueError, KeyError, TypeError) as error:
-                self._reject(partition, "evaluate", server_round, str(error))
+                self._reject(partition, "evaluate", server_round, error)
                 continue
             accepted.append((partition, metrics))
+        self._unanswered("evaluate", answered, server_round)
         for partition, metrics in accepted:
             if self.reports_units:
                 self.reports.sparsity[partition] = metrics["sparsity"]
@@ -272,7 +340,7 @@ class PersonalizedStrategy(Strategy):
             raise ValueError("this strategy has no unit structure")
         units = wire.units_in(record, self.structure.sizes)
         if set(units) != set(self.structure.sizes):
-            raise RejectedReply("unit masks missing for some groups")
+            raise RejectedReply("unit masks missing for some groups", "missing")
         self.post_units[partition] = units
 
     def personal_structure(self, partition: int) -> tuple[Masks | None, Masks | None]:
@@ -285,3 +353,8 @@ class PersonalizedStrategy(Strategy):
     def combine(self, decoded: list[Decoded]) -> dict[str, torch.Tensor]:
         """The new global tensors from decoded replies (subclasses define the rule)."""
         raise NotImplementedError
+
+
+def _finite(state: dict[str, torch.Tensor]) -> bool:
+    """Whether every floating-point tensor of ``state`` is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())

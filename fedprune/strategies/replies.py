@@ -1,35 +1,86 @@
-"""Checks every reply passes before the server uses it (records present, metrics sane).
+"""Checks every reply passes before the server uses it (records present, metrics sane,
+values within bounds).
 
-A failed check raises ``RejectedReply`` with a one-line reason; the strategy then
-records the rejection and leaves the reply out of aggregation, records and summary.
+A failed check raises ``RejectedReply`` with a one-line reason and a ``code`` (the
+summary counts rejections by code); the strategy then records the rejection and leaves
+the reply out of aggregation, records and summary.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from fedprune import wire
+from fedprune.pruning.masks import Masks
+
+#: why a reply was rejected (``RejectedReply.code``; ``wire.PayloadError`` adds malformed, non-finite)
+CODES = ("client-error", "no-reply", "missing", "bad-metric", "malformed", "non-finite", "out-of-bounds")
 
 
 class RejectedReply(ValueError):
-    """A reply the server will not use; the message is the reason."""
+    """A reply the server will not use; the message is the reason, ``code`` one of ``CODES``."""
+
+    def __init__(self, message: str, code: str = "bad-metric") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Safeguards:
+    """What the server accepts from a reply, and when a round has failed.
+
+    ``max_examples``: per partition, the most examples a reply may claim (absent: unchecked);
+    ``max_abs_value`` and ``max_update_ratio`` bound the values (0: unchecked);
+    ``min_reply_fraction`` of the sampled clients must be accepted for a round to count, and
+    ``max_failed_rounds`` failed rounds in a row stop the run (0: never).
+    """
+
+    max_examples: Mapping[int, int] = field(default_factory=dict)
+    max_abs_value: float = 0.0
+    max_update_ratio: float = 0.0
+    min_reply_fraction: float = 0.0
+    max_failed_rounds: int = 0
+
+
+def code_of(error: Exception) -> str:
+    """The rejection code of an exception raised while checking or decoding a reply."""
+    return str(getattr(error, "code", "malformed"))
+
+
+_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Fault|Interrupt)):\s*(.+)$")
+_WRAPPERS = ("ClientAppException", "RayTaskError", "RayActorError")
+
+
+def error_summary(reason: str) -> str:
+    """One line from a client error's text (often a whole Ray traceback): the innermost
+    ``Type: message`` line that is not a Flower or Ray wrapper, else its first line."""
+    lines = [line.strip() for line in (reason or "").replace("\\n", "\n").splitlines() if line.strip()]
+    for line in lines:
+        match = _ERROR_LINE.match(line)
+        if match and not any(wrapper in match.group(1) for wrapper in _WRAPPERS):
+            return f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2)}"[:300]
+    return (lines[0] if lines else "unknown error")[:300]
 
 
 def _record(message: Message, name: str, kind: type) -> ArrayRecord | ConfigRecord | MetricRecord:
     content = message.content
     if name not in content:
-        raise RejectedReply(f"record {name!r} missing")
+        raise RejectedReply(f"record {name!r} missing", "missing")
     record = content[name]
     if not isinstance(record, kind):
-        raise RejectedReply(f"record {name!r} is a {type(record).__name__}, expected {kind.__name__}")
+        raise RejectedReply(f"record {name!r} is a {type(record).__name__}, expected {kind.__name__}", "missing")
     return record
 
 
 def _number(metrics: MetricRecord, name: str) -> float:
     if name not in metrics:
-        raise RejectedReply(f"metric {name!r} missing")
+        raise RejectedReply(f"metric {name!r} missing", "missing")
     value = metrics[name]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RejectedReply(f"metric {name!r} is not a number: {value!r}")
@@ -46,7 +97,7 @@ def _in_range(name: str, value: float, low: float, high: float) -> None:
 def _check_common(message: Message, partition: int, names: tuple[str, ...]) -> dict[str, float]:
     """The metrics ``names`` of a reply from ``partition``: present, finite, sane."""
     if message.has_error():
-        raise RejectedReply(f"client error: {message.error.reason}")
+        raise RejectedReply(f"client error: {error_summary(message.error.reason or '')}", "client-error")
     metrics = _record(message, "metrics", MetricRecord)
     assert isinstance(metrics, MetricRecord)
     values = {name: _number(metrics, name) for name in names}
@@ -58,14 +109,19 @@ def _check_common(message: Message, partition: int, names: tuple[str, ...]) -> d
     return values
 
 
-def check_train_reply(message: Message, partition: int, server_round: int) -> dict[str, float]:
+def check_train_reply(message: Message, partition: int, server_round: int,
+                      max_examples: int | None = None) -> dict[str, float]:
     """The train metrics of a reply from ``partition`` to round ``server_round``.
 
     Requires the ``arrays``, ``metrics`` and ``wire`` records and every metric of
     ``wire.TRAIN_METRICS`` (finite numbers; sparsity in [0, 1]; budget-met -1, 0 or 1;
-    the partition the node holds; the round it was asked for).
+    the partition the node holds; the round it was asked for; at most ``max_examples``
+    examples).
     """
     values = _check_common(message, partition, wire.TRAIN_METRICS)
+    if max_examples is not None and values["num-examples"] > max_examples:
+        raise RejectedReply(f"metric 'num-examples' = {values['num-examples']:g}, but the client holds "
+                            f"{max_examples}")
     _record(message, "arrays", ArrayRecord)
     if values["budget-met"] not in (-1.0, 0.0, 1.0):
         raise RejectedReply(f"metric 'budget-met' = {values['budget-met']:g}; allowed: -1, 0, 1")
@@ -74,7 +130,7 @@ def check_train_reply(message: Message, partition: int, server_round: int) -> di
     info = _record(message, "wire", ConfigRecord)
     for key in ("mask-digest", "server-round"):
         if key not in info:
-            raise RejectedReply(f"wire record: {key!r} missing")
+            raise RejectedReply(f"wire record: {key!r} missing", "missing")
     replied = wire.int_of(info, "server-round")
     if replied != server_round:
         raise RejectedReply(f"reply to round {replied}, expected {server_round}")
@@ -101,3 +157,28 @@ def wire_of(message: Message) -> ConfigRecord:
     record = _record(message, "wire", ConfigRecord)
     assert isinstance(record, ConfigRecord)
     return record
+
+
+def check_values(state: Mapping[str, torch.Tensor], sent: Masks, global_state: Mapping[str, torch.Tensor],
+                 max_abs_value: float, max_update_ratio: float) -> None:
+    """Raise ``RejectedReply`` (``out-of-bounds``) if a value the client sent exceeds
+    ``max_abs_value`` in magnitude, or its update norm exceeds ``max_update_ratio`` times the
+    global model's norm over the same entries (a bound of 0 is not checked)."""
+    update, reference = 0.0, 0.0
+    for name, value in state.items():
+        if not value.is_floating_point():
+            continue
+        kept = sent.get(name)
+        values = value if kept is None else value[kept]
+        if values.numel() == 0:
+            continue
+        largest = float(values.abs().max())
+        if max_abs_value and largest > max_abs_value:
+            raise RejectedReply(f"tensor {name!r} holds {largest:.3g}, above max_abs_value {max_abs_value:g}",
+                                "out-of-bounds")
+        old = global_state[name] if kept is None else global_state[name][kept]
+        update += float((values.double() - old.double()).pow(2).sum())
+        reference += float(old.double().pow(2).sum())
+    if max_update_ratio and math.sqrt(update) > max_update_ratio * math.sqrt(reference):
+        raise RejectedReply(f"update norm {math.sqrt(update):.3g} exceeds max_update_ratio {max_update_ratio:g} "
+                            f"x the global norm {math.sqrt(reference):.3g}", "out-of-bounds")

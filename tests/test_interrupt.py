@@ -1,0 +1,61 @@
+"""Ctrl-C: the first SIGINT stops a real simulation within seconds, marks the run folder
+interrupted, says so in one line, exits 130 and leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def ray_processes() -> set[int]:
+    """PIDs of running processes whose command line names Ray."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"ray" in (entry / "cmdline").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_sigint_exits_130_within_10_seconds(tmp_path) -> None:
+    before = ray_processes()
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "fedprune.sim.cli", "run", "--methods", "fedavg", "--set", "rounds=500",
+               "--set", "num_clients=4", "--out", str(out), "--no-report"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # wait until training has started
+            records = out / "rounds.jsonl"
+            if records.exists() and '"phase": "train"' in records.read_text():
+                break
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, err = process.communicate(timeout=30)
+        elapsed = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, err
+    assert elapsed < 10, elapsed
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in err, err
+    assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
+    assert not (out / "summary.json").exists()
+    time.sleep(2)  # let Ray's processes finish exiting
+    assert ray_processes() - before == set()
