@@ -21,12 +21,16 @@ import sys
 from pathlib import Path
 
 COLUMNS = (
-    ("pers.acc mean", "personal_accuracy_mean", 1.0, "{:.4f}"),
-    ("pers.acc min", "personal_accuracy_min", 1.0, "{:.4f}"),
+    ("received mean", "personal_accuracy_mean", 1.0, "{:.4f}"),
+    ("received min", "personal_accuracy_min", 1.0, "{:.4f}"),
+    ("trained mean", "personal_accuracy_trained_mean", 1.0, "{:.4f}"),
+    ("trained min", "personal_accuracy_trained_min", 1.0, "{:.4f}"),
     ("global acc", "global_accuracy", 1.0, "{:.4f}"),
     ("MB up", "bytes_up", 1e-6, "{:.3f}"),
     ("MB down", "bytes_down", 1e-6, "{:.3f}"),
     ("sparsity", "sparsity", 1.0, "{:.3f}"),
+    ("mask overlap", "mask_jaccard", 1.0, "{:.2f}"),
+    ("init overlap", "initial_magnitude_overlap", 1.0, "{:.2f}"),
     ("latency ms", "latency_ms_mean", 1.0, "{:.4f}"),
     ("kFLOPs/ex", "flops_mean", 1e-3, "{:.1f}"),
 )

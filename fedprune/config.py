@@ -57,7 +57,7 @@ class ExperimentConfig:
     files and ``to_dict``, read with ``option(name)``).
     """
 
-    methods: list[str] = setting(["fedavg", "gmp"], "methods to compare (docs/methods.md)",
+    methods: list[str] = setting(["fedavg", "gmp", "mi"], "methods to compare (docs/methods.md)",
                                  choices=tuple(METHODS), section="Experiment")
     seed: int = setting(0, "seed of the partition, local splits, initial model, sampling and training",
                         section="Experiment")
@@ -65,15 +65,22 @@ class ExperimentConfig:
     dataset: str = setting("digits", "`digits`: scikit-learn's 1,797 8x8 digit images (embedded, offline); "
                            "`text`: a text table at `data_path`; `amazon`: a folder of per-domain review "
                            "folders at `data_path`", choices=DATASET_NAMES, section=DATA)
-    partitioner: str = setting("pathological", "`iid`, `dirichlet` (label skew), `pathological` (k classes "
+    partitioner: str = setting("dirichlet", "`iid`, `dirichlet` (label skew), `pathological` (k classes "
                                "per client) or `natural` (clients per Amazon domain); Flower Datasets "
                                "partitioners", choices=PARTITIONERS, section=DATA)
-    num_clients: int = setting(10, "number of virtual clients (Flower SuperNodes)", bounds=at_least(1),
+    num_clients: int = setting(20, "number of virtual clients (Flower SuperNodes)", bounds=at_least(1),
                                section=DATA)
     classes_per_client: int = setting(2, "k of the pathological partitioner", bounds=at_least(1), section=DATA)
     dirichlet_alpha: float = setting(0.5, "alpha of the Dirichlet partitioner", bounds=POSITIVE, section=DATA)
     test_fraction: float = setting(0.2, "fraction of each client's partition held out as its local test part",
                                    bounds=FRACTION_OPEN, section=DATA)
+    validation_fraction: float = setting(0.0, "fraction of each client's remaining (train) part held out as "
+                                         "its validation part, for choosing settings (`benchmarks/sweep.py`); "
+                                         "0: no validation part, the test part is the same either way",
+                                         bounds=FRACTION_CLOSED_OPEN, section=DATA)
+    new_clients: int = setting(0, "hold this many partitions (the last ones) out of training: after the last "
+                               "round each of these new clients makes its personal model from the final model "
+                               "and is scored on its test part", bounds=at_least(0), section=DATA)
     # text data
     data_path: str = setting("", "`text`: a `.csv`/`.tsv`/`.jsonl`/`.parquet` file, a GLUE-style folder (its "
                              "`train.*` file) or a Hugging Face hub name; `amazon`: the domains folder",
@@ -82,6 +89,8 @@ class ExperimentConfig:
     label_column: str = setting("label", "column holding the integer label 0..K-1", section=TEXT_DATA)
     data_config: str = setting("", "hub dataset config name (e.g. `sst2` for `nyu-mll/glue`)", section=TEXT_DATA)
     domains: list[str] = setting([], "`amazon`: the domains to use (empty: every subfolder)", section=TEXT_DATA)
+    new_client_domains: list[str] = setting([], "`natural` partitions: the domains whose clients are new "
+                                            "clients (instead of `new_clients`)", section=TEXT_DATA)
     clients_per_domain: int = setting(1, "`natural`: clients per domain; `num_clients` must equal domains x "
                                       "this", bounds=at_least(1), section=TEXT_DATA)
     max_train_examples: int = setting(0, "keep at most this many of each client's local train examples "
@@ -119,7 +128,7 @@ class ExperimentConfig:
                                    "floor(trim_fraction * k) smallest and largest values",
                                    bounds=Bounds(0, 0.5, high_open=True), section=FEDERATION)
     # local training
-    local_epochs: int = setting(2, "local epochs E per round", bounds=at_least(1), section=TRAINING)
+    local_epochs: int = setting(10, "local epochs E per round", bounds=at_least(1), section=TRAINING)
     batch_size: int = setting(32, "local minibatch size", bounds=at_least(1), section=TRAINING)
     optimizer: str = setting("sgd", "`sgd` (with `momentum`) or `adamw` (fresh state each round)",
                              choices=("sgd", "adamw"), section=TRAINING)
@@ -131,8 +140,9 @@ class ExperimentConfig:
                                       section=SCHEDULE)
     final_sparsity: float = setting(0.8, "s_f of the cubic schedule", bounds=FRACTION_CLOSED_OPEN,
                                     section=SCHEDULE)
-    prune_start_round: int = setting(1, "t0: first round that prunes", bounds=at_least(1), section=SCHEDULE)
-    prune_end_round: int = setting(4, "round at which s_f is reached (at least `prune_start_round`)",
+    prune_start_round: int = setting(2, "t0: first round that prunes (after a dense warm-up)", bounds=at_least(1),
+                                     section=SCHEDULE)
+    prune_end_round: int = setting(6, "round at which s_f is reached (at least `prune_start_round`)",
                                    bounds=at_least(1), section=SCHEDULE)
     prune_frequency: int = setting(1, "prune every dt rounds between start and end", bounds=at_least(1),
                                    section=SCHEDULE)
@@ -263,7 +273,7 @@ def _check_fields(cfg: ExperimentConfig) -> None:
             raise ConfigError(str(error)) from None
 
 
-def _check_consistency(cfg: ExperimentConfig, num_examples: int, num_groups: int, info: DatasetInfo) -> None:
+def _check_consistency(cfg: ExperimentConfig, num_examples: int, domain_names: list[str], info: DatasetInfo) -> None:
     """Rules that involve more than one setting, or the data."""
     def need(ok: bool, message: str) -> None:
         if not ok:
@@ -286,6 +296,12 @@ def _check_consistency(cfg: ExperimentConfig, num_examples: int, num_groups: int
          f"fault_kinds: give at least one kind; allowed: {', '.join(FAULT_KINDS)}")
     need(cfg.straggle_seconds < cfg.round_timeout or "straggle" not in cfg.fault_kinds or cfg.fault_fraction == 0,
          f"straggle_seconds: {cfg.straggle_seconds} must be below round_timeout ({cfg.round_timeout})")
+    need(cfg.new_clients < cfg.num_clients,
+         f"new_clients: {cfg.new_clients} must be below num_clients ({cfg.num_clients}): someone has to train")
+    need(not (cfg.new_clients and cfg.new_client_domains),
+         "new_client_domains: give new_clients or new_client_domains, not both")
+    need(not cfg.new_client_domains or cfg.partitioner == "natural",
+         "new_client_domains: needs partitioner = \"natural\" (clients per domain)")
     need(cfg.prune_end_round >= cfg.prune_start_round,
          f"prune_end_round: {cfg.prune_end_round} must be at least prune_start_round ({cfg.prune_start_round})")
     for name in ("mlp_widths", "cnn_channels"):
@@ -301,8 +317,13 @@ def _check_consistency(cfg: ExperimentConfig, num_examples: int, num_groups: int
          f"model: dataset {cfg.dataset!r} needs model = {' or '.join(readers)}, got {cfg.model!r}")
     need(cfg.partitioner != "natural" or cfg.dataset == "amazon",
          "partitioner: 'natural' (one group of clients per domain) needs dataset = \"amazon\"")
+    if cfg.new_client_domains:
+        unknown = sorted(set(cfg.new_client_domains) - set(domain_names))
+        need(not unknown, f"new_client_domains: unknown domains {unknown}; allowed: {', '.join(domain_names)}")
+        need(len(set(cfg.new_client_domains)) < len(domain_names),
+             "new_client_domains: at least one domain must train")
     if cfg.partitioner == "natural":
-        groups = len(cfg.domains) or num_groups
+        groups = len(cfg.domains) or len(domain_names)
         need(cfg.num_clients == groups * cfg.clients_per_domain,
              f"num_clients: {cfg.num_clients} does not match {groups} domains x clients_per_domain "
              f"{cfg.clients_per_domain} = {groups * cfg.clients_per_domain}")
@@ -360,8 +381,8 @@ def make_config(values: Mapping[str, Any]) -> ExperimentConfig:
     except ValueError as error:  # TextDataError: names the file and the problem
         message = str(error)
         raise ConfigError(message if message.startswith("data_path:") else f"data_path: {message}") from None
-    groups = len(set(table["domain"])) if "domain" in table.column_names else 0
-    _check_consistency(cfg, len(table), groups, info)
+    domains = sorted(set(table["domain"])) if "domain" in table.column_names else []
+    _check_consistency(cfg, len(table), domains, info)
     return cfg
 
 

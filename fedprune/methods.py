@@ -16,7 +16,8 @@ A ``Method`` says
   the sparse models' kept parameter count).
 
 Adding a method is one line in ``METHODS``; a new pruning method is one file in
-``fedprune/pruning/`` plus that line (docs/architecture.md).
+``fedprune/pruning/`` plus that line (docs/architecture.md). Every method with a pruner also
+gets a ``local-`` twin that prunes without federating (``local-gmp``, ``local-mi`` ...).
 """
 
 from __future__ import annotations
@@ -98,7 +99,12 @@ class Method:
 
 
 def _registry(*methods: Method) -> dict[str, Method]:
-    return {method.name: method for method in methods}
+    """Name -> method, and for every method with a pruner its ``local-`` twin: the same pruner,
+    no federation, ``local``'s training stream (pruning without federation, to tell the cost
+    of sparsity from the cost of federation)."""
+    twins = [Method(f"local-{m.name}", f"{m.summary}; each client alone, nothing is sent", pruner=m.pruner,
+                    federated=False, trains_like="local") for m in methods if m.pruner is not None]
+    return {method.name: method for method in (*methods, *twins)}
 
 
 METHODS: dict[str, Method] = _registry(

@@ -26,9 +26,13 @@ UNITS_PREFIX = "units::"
 # Records of a message: "arrays" (ArrayRecord), "config" (ConfigRecord, server -> client),
 # "metrics" (MetricRecord, client -> server) and "wire" (ConfigRecord, train replies).
 #: the metrics every train reply carries
-TRAIN_METRICS = ("num-examples", "train-loss", "compute-seconds", "sparsity", "partition-id", "budget-met")
+TRAIN_METRICS = ("num-examples", "train-loss", "compute-seconds", "sparsity", "partition-id", "budget-met",
+                 "sgd-steps")
 #: the metrics every evaluate reply carries
 EVALUATE_METRICS = ("num-examples", "accuracy", "sparsity", "partition-id")
+#: accuracies a reply carries only when measured: after local training (train replies of
+#: evaluation rounds, ``config["measure"]``) and on the validation part (when a client has one)
+TRAINED_ACCURACY, TRAINED_VAL_ACCURACY, VAL_ACCURACY = "trained-accuracy", "trained-val-accuracy", "val-accuracy"
 
 
 class PayloadError(ValueError):

@@ -96,6 +96,7 @@ def reply(instruction: Message, state: dict[str, torch.Tensor], masks: dict | No
         "sparsity": mask_sparsity(masks or {}),
         "partition-id": partition,
         "budget-met": -1,
+        "sgd-steps": 1,
     })
     config = ConfigRecord({"mask-digest": wire.mask_digest(masks) if digest is None else digest,
                            "server-round": server_round})

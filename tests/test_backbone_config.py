@@ -23,7 +23,7 @@ CASES = [
     (["--set", "dataset=bogus"], "dataset"),
     (["--methods", "fedavg,bogus"], "methods"),
     (["--set", "partitioner=bogus"], "partitioner"),
-    (["--set", "classes_per_client=11"], "classes_per_client"),  # digits has 10 classes
+    (["--set", "partitioner=pathological", "--set", "classes_per_client=11"], "classes_per_client"),
     (["--set", "learning_rate=inf"], "learning_rate"),
     (["--set", "aggregation=krum"], "aggregation"),
 ]

@@ -47,10 +47,12 @@ def test_summary_file(runs) -> None:
         assert KEYS <= set(row), KEYS - set(row)
         assert row["rounds"] == 2 and row["clients"] == 2
         assert 0.0 <= row["personal_accuracy_min"] <= row["personal_accuracy_mean"] <= 1.0
-        assert 0.0 <= row["global_accuracy"] <= 1.0
+        assert 0.0 <= row["personal_accuracy_trained_min"] <= row["personal_accuracy_trained_mean"] <= 1.0
         assert row["bytes_up"] > 0 and row["bytes_down"] > 0
         assert row["seconds"] > 0
     fedavg, gmp = rows
+    assert 0.0 <= fedavg["global_accuracy"] <= 1.0
+    assert gmp["global_accuracy"] is None  # personal masks: no single global model to run
     assert fedavg["sparsity"] == 0.0
     assert gmp["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert gmp["bytes_up"] < fedavg["bytes_up"]
@@ -89,14 +91,15 @@ def _npy_bytes(array: np.ndarray) -> int:
 
 def test_first_dense_download_hand_count(runs) -> None:
     """Round 1 sends every client the dense model: .npy bytes + key per tensor, plus the
-    config record (encoding, mask-digest, method, server-round)."""
+    config record (encoding, mask-digest, method, server-round, and measure: an evaluation
+    round asks for the accuracy right after training)."""
     out, _ = runs[0]
     cfg = make_config(SETTINGS)
     state = initial_model(cfg).state_dict()
     arrays = sum(_npy_bytes(v.numpy()) + len(k) for k, v in state.items())
     for method in ("fedavg", "gmp"):
         config = (len("encoding") + len("dense") + len("mask-digest") + 8 + len("method") + len(method)
-                  + len("server-round") + 8)
+                  + len("server-round") + 8 + len("measure") + 1)
         down = [r["bytes_down"] for r in read_records(out)
                 if r["method"] == method and r["round"] == 1 and r["phase"] == "train"]
         assert down == [arrays + config, arrays + config], method

@@ -35,6 +35,6 @@ def test_table_scales_and_marks_missing(bench) -> None:
     text = bench.table(SEEDS)
     line = next(line for line in text.splitlines() if line.startswith("| gmp |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[1] == "0.6000 (0.1414)"   # pers.acc mean
-    assert cells[3] == "-"                 # global acc
-    assert cells[4] == "3.000 (1.414)"     # MB up
+    assert cells[1] == "0.6000 (0.1414)"   # received mean
+    assert cells[5] == "-"                 # global acc
+    assert cells[6] == "3.000 (1.414)"     # MB up

@@ -94,7 +94,8 @@ def _train_once(cfg, method: str, partition: int):
 @pytest.mark.parametrize("method", ["mi", "l1-structured"])
 def test_structured_personal_model_meets_flop_budget(task_identity, method: str) -> None:
     budget = 9000.0  # the dense MLP needs 34,048 FLOPs per example
-    cfg = make_config({"num_clients": 2, "rounds": 1, "structured_schedule": "once", "methods": [method],
+    cfg = make_config({"num_clients": 2, "rounds": 1, "structured_schedule": "once", "prune_start_round": 1,
+                       "methods": [method],
                        "device_profiles": [{"name": "phone", "max_flops": budget, "clients": [0]}]})
     reply, context = _train_once(cfg, method, 0)
     assert reply.content["metrics"]["budget-met"] == 1.0
@@ -107,7 +108,8 @@ def test_structured_personal_model_meets_flop_budget(task_identity, method: str)
 
 
 def test_unstructured_cannot_meet_flop_budget_but_meets_bytes(task_identity) -> None:
-    cfg = make_config({"num_clients": 2, "rounds": 1, "prune_end_round": 1, "methods": ["gmp"],
+    cfg = make_config({"num_clients": 2, "rounds": 1, "prune_start_round": 1, "prune_end_round": 1,
+                       "methods": ["gmp"],
                        "device_profiles": [{"name": "flops", "max_flops": 9000, "clients": [0]},
                                            {"name": "bytes", "max_param_bytes": 20000, "clients": [1]}]})
     flops_reply, _ = _train_once(cfg, "gmp", 0)

@@ -134,7 +134,7 @@ def test_a_run_with_every_fault_completes_and_counts_them(task_identity, tmp_pat
     assert row["faults_detected"] == {kind: 1 for kind in FAULT_KINDS if kind != "straggle"}
     assert sum(row["rejected_by_reason"].values()) == row["rejected_replies"] == 8
     assert row["failed_rounds"] == 0
-    for key in ("personal_accuracy_mean", "personal_accuracy_min", "global_accuracy", "sparsity"):
+    for key in ("personal_accuracy_mean", "personal_accuracy_min", "personal_accuracy_trained_mean", "sparsity"):
         assert math.isfinite(row[key]), key
     lines = (tmp_path / "rounds.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]  # strict JSON throughout

@@ -12,6 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 
 from fedprune import wire
 from fedprune.clients import app as client_app
+from fedprune.clients import local_round
 from fedprune.config import make_config
 from fedprune.data.federation import clients_data
 from fedprune.methods import METHODS
@@ -23,7 +24,7 @@ from fedprune.strategies import DenseFedAvg, LocalOnly, MaskedFedAvg
 from helpers import InProcessGrid, new_strategy
 
 NODES = {31: 0, 32: 1}
-ACCURACY = client_app.accuracy
+ACCURACY = local_round.accuracy
 CFG = dict(num_clients=2, rounds=2, mlp_widths=[16], partitioner="iid", local_epochs=1,
            prune_start_round=1, prune_end_round=2, final_sparsity=0.5, finetune_epochs=1)
 
@@ -47,9 +48,15 @@ def test_registry_is_what_the_comparison_needs() -> None:
         assert method.name == name and method.summary
     assert [m for m in METHODS if METHODS[m].personal.finetune] == ["fedavg-ft", "mi-post"]
     assert [m for m in METHODS if METHODS[m].personal.reports_units] == ["mi-post"]
-    assert [m for m in METHODS if not METHODS[m].federated] == ["local"]
+    pruned = [m for m in METHODS if METHODS[m].pruner is not None and METHODS[m].federated]
+    # every pruned method has a local twin: the same pruner, no federation, local's training stream
+    assert [m for m in METHODS if not METHODS[m].federated] == ["local", *(f"local-{m}" for m in pruned)]
+    for name in pruned:
+        twin = METHODS[f"local-{name}"]
+        assert twin.pruner is METHODS[name].pruner and twin.stream == "local"
     assert [m for m in METHODS if METHODS[m].model == "small-dense"] == ["small-dense"]
-    assert {m for m in METHODS if METHODS[m].structured} == {"mi", "l1-structured", "random-structured"}
+    assert {m for m in METHODS if METHODS[m].structured and METHODS[m].federated} == {
+        "mi", "l1-structured", "random-structured"}
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -147,7 +154,7 @@ def evaluate_capturing(method: str, cfg, state, monkeypatch) -> tuple[float, dic
         captured.update({k: v.detach().clone() for k, v in model.state_dict().items()})
         return ACCURACY(model, x, y, *args, **kwargs)
 
-    monkeypatch.setattr(client_app, "accuracy", spy)
+    monkeypatch.setattr(local_round, "accuracy", spy)
     config = ConfigRecord({"encoding": "dense", "mask-digest": 0, "method": method, "server-round": 3})
     message = Message(RecordDict({"arrays": wire.pack(state, None), "config": config}),
                       dst_node_id=1, message_type=MessageType.EVALUATE)

@@ -17,7 +17,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
 from fedprune import wire
-from fedprune.clients import app as client_app
+from fedprune.clients import local_round
 from fedprune.clients.state import ClientMemory
 from fedprune.config import make_config
 from fedprune.data.federation import clients_data
@@ -101,17 +101,17 @@ def mi_rounds(cfg):
         units_after_1 = {n: fed.memory(n).units() for n in NODES}
         arrays_after_1 = fed.arrays
         trained_sizes: list[int] = []
-        original = client_app._train
+        original = local_round.train_epochs
 
         def spy(model, *args, **kwargs):
             trained_sizes.append(sum(p.numel() for p in model.parameters()))
             return original(model, *args, **kwargs)
 
-        client_app._train = spy
+        local_round.train_epochs = spy
         try:
             second = fed.train(2)
         finally:
-            client_app._train = original
+            local_round.train_epochs = original
         yield dict(fed=fed, first=first, second=second, units=units_after_1, arrays1=arrays_after_1,
                    trained_sizes=trained_sizes)
     finally:

@@ -227,9 +227,15 @@ def test_labels(run_a: Path, run_b: Path, tmp_path: Path) -> None:
 def test_markdown_table_uses_table_formats() -> None:
     text = markdown_table(RUN_A_SUMMARY)
     lines = text.splitlines()
-    assert lines[0].startswith("| method | rounds | clients | pers.acc mean")
-    assert lines[2] == ("| fedavg | 2 | 2 | 0.7500 | 0.6000 | 0.4321 | 1.004 | 2.000 | 0.000 | 0.500 | 34.0 | 1.2 |")
-    assert lines[3] == ("| gmp | 2 | 2 | 0.7500 | 0.5000 | 0.2468 | 0.402 | 0.800 | 0.725 | 0.325 | 20.4 | 4.6 |")
+    # columns that no row fills (trained accuracy, new clients, mask overlap) are left out
+    assert lines[0].startswith("| method | received mean | received min | global acc | MB up")
+    assert lines[2] == ("| fedavg | 0.7500 | 0.6000 | 0.4321 | 1.004 | 2.000 | 0.000 | 0.500 | 34.0 | 1.2 |")
+    assert lines[3] == ("| gmp | 0.7500 | 0.5000 | 0.2468 | 0.402 | 0.800 | 0.725 | 0.325 | 20.4 | 4.6 |")
+    with_trained = markdown_table([{**RUN_A_SUMMARY[0], "personal_accuracy_trained_mean": 0.8,
+                                    "personal_accuracy_trained_min": 0.7}])
+    header = with_trained.splitlines()[0]
+    assert header.startswith("| method | received mean | received min | trained mean | trained min")
+    assert "| fedavg | 0.7500 | 0.6000 | 0.8000 | 0.7000 | 0.4321 |" in with_trained
 
 
 # --------------------------------------------------------------------------- CLI
@@ -252,11 +258,11 @@ def test_report_of_two_runs(run_a: Path, run_b: Path, tmp_path: Path, capsys) ->
     for name in FIGURE_NAMES:
         assert f"]({name})" in text  # embedded with a relative path
     # run A
-    assert "| fedavg | 2 | 2 | 0.7500 | 0.6000 | 0.4321 | 1.004 | 2.000 | 0.000 | 0.500 | 34.0 | 1.2 |" in text
-    assert "| gmp | 2 | 2 | 0.7500 | 0.5000 | 0.2468 | 0.402 | 0.800 | 0.725 | 0.325 | 20.4 | 4.6 |" in text
+    assert "| fedavg | 0.7500 | 0.6000 | 0.4321 | 1.004 | 2.000 | 0.000 | 0.500 | 34.0 | 1.2 |" in text
+    assert "| gmp | 0.7500 | 0.5000 | 0.2468 | 0.402 | 0.800 | 0.725 | 0.325 | 20.4 | 4.6 |" in text
     # run B: global accuracy null -> "-"
-    assert "| local | 3 | 2 | 0.4000 | 0.2500 | - | 0.000 | 0.000 | 0.000 | 0.500 | 34.0 | 0.5 |" in text
-    assert "| gmp | 3 | 2 | 0.4000 | 0.2500 | 0.3000 | 0.602 | 1.600 | 0.900 | 0.500 | 34.0 | 7.9 |" in text
+    assert "| local | 0.4000 | 0.2500 | - | 0.000 | 0.000 | 0.000 | 0.500 | 34.0 | 0.5 |" in text
+    assert "| gmp | 0.4000 | 0.2500 | 0.3000 | 0.602 | 1.600 | 0.900 | 0.500 | 34.0 | 7.9 |" in text
     assert text.index("### runA") < text.index("### runB")
     assert "final_sparsity = 0.9" in text and "final_sparsity = 0.8" in text
     assert "`method [run folder]`" in text
@@ -323,4 +329,4 @@ def test_run_writes_report_unless_no_report(no_report: bool, tmp_path: Path, mon
         assert f"report: {out / 'report' / 'report.md'}" in printed
         for name in FIGURE_NAMES:
             assert_png(out / "report" / name)
-        assert "| fedavg | 2 | 2 | 0.7500 |" in (out / "report" / "report.md").read_text()
+        assert "| fedavg | 0.7500 |" in (out / "report" / "report.md").read_text()

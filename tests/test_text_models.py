@@ -13,7 +13,8 @@ import torch
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from fedprune import partial, wire
-from fedprune.clients.app import _train, handle_train
+from fedprune.clients.app import handle_train
+from fedprune.clients.local_round import train_epochs
 from fedprune.config import ConfigError, make_config
 from fedprune.data.federation import clients_data
 from fedprune.device import flops_per_example
@@ -220,7 +221,7 @@ def test_frozen_embeddings_never_travel_nor_change(task_identity, amazon) -> Non
     assert query + wire.BITMAP_SUFFIX in arrays  # gmp pruned the encoder
     # local training moves everything but the embeddings
     model = initial_model(cfg)
-    _train(model, cfg, clients_data(cfg)[0], None, 1, torch.Generator().manual_seed(0))
+    train_epochs(model, cfg, clients_data(cfg)[0], None, 1, torch.Generator().manual_seed(0))
     trained = model.state_dict()
     assert all(torch.equal(trained[n], start[n]) for n in frozen)
     assert not torch.equal(trained[query], start[query])

@@ -21,9 +21,11 @@ from fedprune.analysis.runs import (
     Run,
     accuracy_vs_mb,
     device_points,
+    diagnostics_by_round,
     last_round_accuracies,
     personal_accuracy_by_round,
     series_label,
+    trained_accuracy_by_round,
 )
 
 DPI = 110
@@ -63,18 +65,26 @@ def _legend(ax, **kwargs) -> None:
         ax.legend(fontsize="small", **kwargs)
 
 
-def _accuracy_lines(runs: Sequence[Run], path: Path, series, title: str, xlabel: str,
-                    integer_x: bool) -> Path:
-    """One line per method and run of ``series(records, method) -> [(x, accuracy)]``."""
-    fig, ax = _figure()
+def _lines(ax: Axes, runs: Sequence[Run], series, suffix: str = "", dashed: bool = False) -> None:
+    """One line per method and run of ``series(records, method) -> [(x, y)]`` on ``ax``."""
     colors, several = method_colors(runs), len(runs) > 1
     for r, run in enumerate(runs):
         for method in run.methods:
             points = series(run.records, method)
             if points:
                 x, y = zip(*points, strict=True)
-                ax.plot(x, y, color=colors[method], linestyle=LINESTYLES[r % len(LINESTYLES)],
-                        marker=MARKERS[r % len(MARKERS)], markersize=4, label=series_label(method, run, several))
+                style = "--" if dashed else LINESTYLES[r % len(LINESTYLES)]
+                ax.plot(x, y, color=colors[method], linestyle=style, marker=MARKERS[r % len(MARKERS)],
+                        markersize=4, label=series_label(method, run, several) + suffix)
+
+
+def _accuracy_lines(runs: Sequence[Run], path: Path, series, title: str, xlabel: str,
+                    integer_x: bool, trained=None) -> Path:
+    """``series`` per method and run (and, dashed, ``trained``) against x."""
+    fig, ax = _figure()
+    _lines(ax, runs, series, " received" if trained else "")
+    if trained is not None:
+        _lines(ax, runs, trained, " trained", dashed=True)
     if not ax.lines:
         _empty(ax, "no personal-accuracy records")
     ax.set_title(title)
@@ -88,9 +98,31 @@ def _accuracy_lines(runs: Sequence[Run], path: Path, series, title: str, xlabel:
 
 
 def plot_accuracy_vs_round(runs: Sequence[Run], path: Path) -> Path:
-    """Mean personal accuracy (plain mean over the clients evaluated that round) per round."""
+    """Mean personal accuracy per round (plain mean over the clients evaluated that round):
+    received (solid) and right after local training (dashed)."""
     return _accuracy_lines(runs, path, personal_accuracy_by_round,
-                           "Personal accuracy per round (mean over clients evaluated)", "round", True)
+                           "Personal accuracy per round (mean over clients)", "round", True,
+                           trained=trained_accuracy_by_round)
+
+
+def plot_mask_diagnostics(runs: Sequence[Run], path: Path) -> Path:
+    """Per round: mean pairwise Jaccard overlap of the clients' masks, and their overlap with the
+    initial model's own magnitude mask."""
+    fig = Figure(figsize=(11.0, 4.5), dpi=DPI)
+    FigureCanvasAgg(fig)
+    panels = fig.subplots(1, 2)
+    for ax, key, title in zip(panels, ("mask_jaccard", "initial_magnitude_overlap"),
+                              ("Overlap between clients' masks (mean pairwise Jaccard)",
+                               "Overlap with the initial model's magnitude mask"), strict=True):
+        _lines(ax, runs, lambda records, method, key=key: diagnostics_by_round(records, method, key))
+        if not ax.lines:
+            _empty(ax, "no masks")
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel("round")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        _legend(ax, loc="best")
+    return _save(fig, path)
 
 
 def plot_accuracy_vs_mb(runs: Sequence[Run], path: Path) -> Path:
@@ -181,6 +213,7 @@ FIGURES = (
     ("accuracy_vs_round.png", plot_accuracy_vs_round),
     ("accuracy_vs_mb.png", plot_accuracy_vs_mb),
     ("accuracy_distribution.png", plot_accuracy_distribution),
+    ("mask_diagnostics.png", plot_mask_diagnostics),
     ("speedup_vs_sparsity.png", plot_speedup_vs_sparsity),
 )
 

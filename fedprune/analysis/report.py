@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fedprune.analysis.figures import FIGURES
 from fedprune.analysis.runs import Run, load_runs
-from fedprune.analysis.table import COLUMNS, _cell
+from fedprune.analysis.table import _cell, table_columns
 
 REPORT_NAME = "report.md"
 CONFIG_KEYS = ("dataset", "model", "partitioner", "num_clients", "rounds", "final_sparsity",
@@ -20,14 +20,26 @@ CONFIG_KEYS = ("dataset", "model", "partitioner", "num_clients", "rounds", "fina
 EXPLANATIONS = {
     "accuracy_vs_round.png": (
         "Personal accuracy per round",
-        "Each client's personal model is evaluated on its own test split. A point is the **plain mean "
-        "over the clients evaluated in that round** (every client counts once, however many test "
-        "examples it has), so with `fraction_evaluate` < 1 intermediate rounds average a sample; the "
-        "last round evaluates every client and its point equals *pers. acc mean* in the table. "
-        "Only rounds with an evaluation (`evaluate_every`) have points. Higher is better."),
+        "Each client's personal model is scored on its own test split, two ways. **Solid, received**: "
+        "the personal model as the client holds it when the round's model arrives (after what the "
+        "method does at evaluation: `fedavg-ft` fine-tunes, `mi-post` prunes and refits). **Dashed, "
+        "trained**: its model right after its local training in that round. Comparing methods, use "
+        "one kind of line: `local` is the same model either way. A point is the **plain mean over the "
+        "clients measured in that round** (every client counts once); the last round's points equal "
+        "*received mean* and *trained mean* in the table. Only rounds with an evaluation "
+        "(`evaluate_every`) have points. Higher is better."),
+    "mask_diagnostics.png": (
+        "How personal the masks are",
+        "Left: the mean Jaccard overlap |A and B| / |A or B| between every two clients' masks (weight "
+        "matrices only; two independent random masks keeping 20% overlap by about 0.11). Right: the "
+        "fraction of each client's kept weights that the *initial* model's own magnitude mask, keeping "
+        "as many, also keeps (a random mask scores about its kept fraction). High values on both "
+        "mean the masks were chosen before training taught the model anything: they are the initial "
+        "weights' masks, the same on every client. Dense methods have no line."),
     "accuracy_vs_mb.png": (
         "Personal accuracy versus communication",
-        "The same mean personal accuracy, plotted against the cumulative traffic of that method: bytes "
+        "The same mean (received) personal accuracy, plotted against the cumulative traffic of that "
+        "method: bytes "
         "up plus down of all its train and evaluate messages in rounds 1..r (the evaluate messages of "
         "round r included), in MB = 10^6 bytes. The last point's x equals *MB up* + *MB down* in the "
         "table. Curves further up and to the left reach an accuracy with less traffic. Methods that "
@@ -56,7 +68,7 @@ def _fmt_config_value(value: object) -> str:
 
 def markdown_table(rows: Sequence[dict]) -> str:
     """Markdown table of summary rows, with the columns and formats of ``fedprune.analysis.table``."""
-    columns = [c for c in COLUMNS if any(c[1] in row for row in rows)]
+    columns = table_columns(rows)
     lines = ["| " + " | ".join(header for header, _, _ in columns) + " |",
              "|" + "|".join(":---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
     for row in rows:

@@ -120,6 +120,22 @@ def personal_accuracy_by_round(records: Iterable[dict], method: str,
     return result
 
 
+def trained_accuracy_by_round(records: Iterable[dict], method: str) -> list[tuple[int, float]]:
+    """``(round, mean trained accuracy)``: the plain mean over the clients that measured their
+    model right after local training in that round (``train-metrics`` records)."""
+    by_round: dict[int, list[float]] = {}
+    for record in _of(records, method, "train-metrics"):
+        if record.get("trained_accuracy") is not None:
+            by_round.setdefault(int(record["round"]), []).append(float(record["trained_accuracy"]))
+    return [(rnd, statistics.fmean(by_round[rnd])) for rnd in sorted(by_round)]
+
+
+def diagnostics_by_round(records: Iterable[dict], method: str, key: str) -> list[tuple[int, float]]:
+    """``(round, value)`` of diagnostic ``key`` (``mask_jaccard``, ``initial_magnitude_overlap``,
+    ``sgd_steps_mean``) in the rounds that recorded it."""
+    return [(int(r["round"]), float(r[key])) for r in _of(records, method, "diagnostics") if r.get(key) is not None]
+
+
 def cumulative_mb_by_round(records: Iterable[dict], method: str) -> dict[int, float]:
     """MB (10^6 bytes, up plus down) of ``method``'s train and evaluate messages
     in rounds 1..r, for each round r that has messages."""

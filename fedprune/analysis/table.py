@@ -1,4 +1,10 @@
-"""Plain-text table of a run's summary rows."""
+"""Plain-text table of a run's summary rows.
+
+Two personal accuracies, both final-round and on each client's own test part: *received*
+scores the personal model as the client holds it when the round's model arrives (after the
+method's evaluation step), *trained* its model right after its local training. A column
+that is empty for every row (no new clients, no validation part) is left out.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +16,16 @@ MB = 1e6
 COLUMNS = (
     # header, key, format
     ("method", "method", "{}"),
-    ("rounds", "rounds", "{}"),
-    ("clients", "clients", "{}"),
-    ("pers.acc mean", "personal_accuracy_mean", "{:.4f}"),
-    ("pers.acc min", "personal_accuracy_min", "{:.4f}"),
+    ("received mean", "personal_accuracy_mean", "{:.4f}"),
+    ("received min", "personal_accuracy_min", "{:.4f}"),
+    ("trained mean", "personal_accuracy_trained_mean", "{:.4f}"),
+    ("trained min", "personal_accuracy_trained_min", "{:.4f}"),
+    ("new clients", "new_client_accuracy_mean", "{:.4f}"),
     ("global acc", "global_accuracy", "{:.4f}"),
     ("MB up", "bytes_up", "mb"),
     ("MB down", "bytes_down", "mb"),
     ("sparsity", "sparsity", "{:.3f}"),
+    ("mask overlap", "mask_jaccard", "{:.2f}"),
     ("latency ms", "latency_ms_mean", "{:.3f}"),
     ("kFLOPs/ex", "flops_mean", "kflops"),
     ("seconds", "seconds", "{:.1f}"),
@@ -34,9 +42,18 @@ def _cell(value: Any, fmt: str) -> str:
     return fmt.format(value)
 
 
+#: shown even when every row has no value ("-": not applicable)
+ALWAYS = ("method", "personal_accuracy_mean", "global_accuracy")
+
+
+def table_columns(rows: Sequence[dict]) -> list[tuple[str, str, str]]:
+    """The ``COLUMNS`` that some row has a value for (and those in ``ALWAYS``)."""
+    return [c for c in COLUMNS if c[1] in ALWAYS or any(row.get(c[1]) is not None for row in rows)]
+
+
 def format_table(rows: Sequence[dict]) -> str:
     """Fixed-width table of summary rows (bytes shown in MB, 10^6 bytes)."""
-    columns = [c for c in COLUMNS if any(c[1] in row for row in rows)]
+    columns = table_columns(rows)
     cells = [[header for header, _, _ in columns]]
     cells += [[_cell(row.get(key), fmt) for _, key, fmt in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]

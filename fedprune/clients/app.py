@@ -16,9 +16,7 @@ state per method in ``Context.state`` (``ClientMemory``).
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -26,35 +24,15 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedprune import partial, wire
-from fedprune.clients import budgets, faults
+from fedprune.clients import faults
+from fedprune.clients.local_round import accuracies, onboard, personal_at_evaluation, train_and_prune
 from fedprune.clients.state import ClientMemory
 from fedprune.config import ExperimentConfig, config_from_run_config
 from fedprune.data.federation import clients_data
-from fedprune.data.partition import ClientData
-from fedprune.device.budget import DeviceProfile, fit_sparsity
-from fedprune.device.profiles import client_profile
 from fedprune.methods import METHODS, Method
 from fedprune.models.factory import initial_model, new_model, sharing
-from fedprune.pruning import CubicSchedule, apply_masks, mask_sparsity
+from fedprune.pruning import apply_masks, mask_sparsity
 from fedprune.pruning.masks import Masks
-from fedprune.pruning.pruner import BackwardHook, PruneData, Pruner
-from fedprune.pruning.squeeze import expand, squeeze
-from fedprune.pruning.units import param_masks, post_prune
-from fedprune.seeds import derive_seed
-from fedprune.training import accuracy, train_local
-
-
-def _training_generator(cfg: ExperimentConfig, *parts: object) -> torch.Generator:
-    """A seeded generator for the data order; torch's global RNG, which dropout draws from,
-    is seeded alike, so training does not depend on what the worker process ran before."""
-    seed = derive_seed(cfg.seed, *parts)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def keeps_own_tensors(cfg: ExperimentConfig, method: Method) -> bool:
-    """Whether the client must remember its own tensors between rounds."""
-    return not method.federated or cfg.personal_layers != "none" or cfg.personal_fraction > 0
 
 
 def receive(message: Message, cfg: ExperimentConfig, method: Method, memory: ClientMemory,
@@ -97,115 +75,10 @@ def receive(message: Message, cfg: ExperimentConfig, method: Method, memory: Cli
     return model, masks
 
 
-def _schedule(cfg: ExperimentConfig, final: float) -> CubicSchedule:
-    """The cubic schedule of ``cfg`` towards this client's ``final`` sparsity."""
-    return CubicSchedule(min(cfg.initial_sparsity, final), final, cfg.prune_start_round, cfg.prune_end_round,
-                         cfg.prune_frequency)
-
-
-def _train(model: nn.Module, cfg: ExperimentConfig, data: ClientData, masks: Masks | None, epochs: int,
-           generator: torch.Generator, after_backward: BackwardHook | None = None) -> float:
-    """Local epochs; with FedRep, head-only epochs first, then body-only epochs."""
-    def run(names: list[str], epochs: int) -> float:
-        return train_local(model, data.train_x, data.train_y, epochs=epochs, trainable=names,
-                           batch_size=cfg.batch_size, optimizer=cfg.optimizer, learning_rate=cfg.learning_rate,
-                           momentum=cfg.momentum, masks=masks, generator=generator, after_backward=after_backward)
-
-    shares = sharing(cfg, model)
-    names = [name for name, _ in model.named_parameters() if name not in shares.frozen]
-    if cfg.fedrep_head_epochs == 0:
-        return run(names, epochs)
-    run([n for n in names if n in shares.personal], cfg.fedrep_head_epochs)
-    return run([n for n in names if n not in shares.personal], epochs)
-
-
-def _prune_step(pruner: Pruner, model: nn.Module, masks: Masks | None, units: Masks | None, data: PruneData,
-                profile: DeviceProfile | None, inputs: torch.Tensor) -> tuple[Masks | None, Masks | None]:
-    """The personal mask (and unit masks) after this round's pruning step; unchanged when none is due.
-
-    A client with a device profile aims at the sparsity its budget allows; at its final
-    pruning step the sparsity rises until the personal model fits (structured pruners:
-    the squeezed model; unstructured ones: its sparse storage, byte budgets only).
-    """
-    target = pruner.sparsity_at(data.step)
-    # A client with no mask yet and a target of 0 stays dense: no all-true mask on the wire.
-    if target is None or not (masks or target > 0):
-        return masks, units
-
-    def prune(sparsity: float) -> tuple[Masks, Masks | None]:
-        if pruner.structured:
-            chosen = pruner.prune(model, units, sparsity, data)
-            return param_masks(model, chosen), chosen
-        return pruner.prune(model, masks, sparsity, data), None
-
-    final = pruner.schedule.final
-    if profile is None or target < final or not budgets.can_fit(profile, pruner.structured, model, inputs):
-        return prune(target)
-    chosen: dict[float, tuple[Masks, Masks | None]] = {}
-
-    def fits(sparsity: float) -> bool:
-        chosen[sparsity] = prune(sparsity)
-        return budgets.personal_fits(profile, model, *chosen[sparsity], inputs)
-
-    sparsity, _ = fit_sparsity(target, fits)
-    return chosen[sparsity]
-
-
-def _make_pruner(method: Method, cfg: ExperimentConfig, model: nn.Module, profile: DeviceProfile | None,
-                 inputs: torch.Tensor) -> Pruner | None:
-    """The method's pruner for this client: towards ``final_sparsity``, or the budget's first guess."""
-    if method.pruner is None:
-        return None
-    final = cfg.final_sparsity if profile is None else budgets.first_guess(profile, model, inputs)
-    return method.pruner(_schedule(cfg, final), cfg.pruner_options)
-
-
 def _request(message: Message, context: Context) -> tuple[Method, int, int]:
     config = message.content.config_records["config"]
     partition = wire.int_of(context.node_config, "partition-id")
     return METHODS[str(config["method"])], wire.int_of(config, "server-round"), partition
-
-
-@dataclass(frozen=True)
-class LocalRound:
-    """What a client's round of local training left: its loss, its personal mask (and unit
-    masks) and whether its personal model fits its device budget (-1: no budget)."""
-
-    loss: float
-    masks: Masks | None
-    units: Masks | None
-    budget_met: float
-
-
-def _train_and_prune(model: nn.Module, masks: Masks | None, method: Method, cfg: ExperimentConfig,
-                     memory: ClientMemory, partition: int, server_round: int) -> LocalRound:
-    """Train ``model`` in place on the client's data, prune on schedule, remember what to keep."""
-    data = clients_data(cfg)[partition]
-    generator = _training_generator(cfg, method.stream, partition, server_round)
-    profile = client_profile(cfg, partition)
-    inputs = data.train_x[:budgets.BATCH]
-    pruner = _make_pruner(method, cfg, model, profile, inputs)
-    hook = pruner.observe(model, memory.pruner_state()) if pruner is not None else None
-    units = memory.units() if method.structured else None
-    if units:  # train the squeezed personal model, write it back into full-size coordinates
-        small = squeeze(model, units)
-        loss = _train(small, cfg, data, None, cfg.local_epochs, generator)
-        model.load_state_dict(expand(small, model, units))
-    else:
-        loss = _train(model, cfg, data, masks, cfg.local_epochs, generator, after_backward=hook)
-    if pruner is not None:
-        prune_data = PruneData(data.train_x, data.train_y, partition, server_round, cfg.seed)
-        masks, units = _prune_step(pruner, model, masks, units, prune_data, profile, inputs)
-        memory.save_pruner_state(pruner.state())
-    if units is not None:
-        memory.save_units(units)
-    if masks is not None:
-        apply_masks(model, masks)
-        memory.save_mask(masks)
-    if keeps_own_tensors(cfg, method):
-        memory.save_model(model.state_dict())
-    met = -1.0 if profile is None else float(budgets.personal_fits(profile, model, masks, units, inputs))
-    return LocalRound(loss, masks, units, met)
 
 
 def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> Message:
@@ -217,7 +90,7 @@ def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> M
     memory = ClientMemory(context.state, method.name)
     model, masks = receive(message, cfg, method, memory, partition)
     started = time.perf_counter()
-    result = _train_and_prune(model, masks, method, cfg, memory, partition, server_round)
+    result = train_and_prune(model, masks, method, cfg, memory, partition, server_round)
     seconds = time.perf_counter() - started
 
     state = model.state_dict()
@@ -225,15 +98,19 @@ def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> M
     sent = partial.intersect(result.masks, sharing(cfg, model).shared(partition, server_round))
     # The mask travels only when the server does not hold it yet.
     changed = digest != wire.int_of(message.content.config_records["config"], "mask-digest")
-    if not method.federated:
-        arrays = wire.pack({}, None)
+    if not method.federated:  # no values; the mask, if new, so that the simulator can time the model
+        arrays = wire.pack({}, None, None if method.structured or not changed else result.masks,
+                           units=result.units if method.structured and changed else None)
     elif method.structured:
         arrays = wire.pack(state, sent, units=result.units if changed else None)
     else:
         arrays = wire.pack(state, sent, result.masks if changed else None)
-    examples = len(clients_data(cfg)[partition].train_y)
-    values = (examples, result.loss, seconds, mask_sparsity(result.masks or {}), partition, result.budget_met)
+    data = clients_data(cfg)[partition]
+    values = (len(data.train_y), result.loss, seconds, mask_sparsity(result.masks or {}), partition,
+              result.budget_met, result.steps)
     metrics = MetricRecord(dict(zip(wire.TRAIN_METRICS, values, strict=True)))
+    if message.content.config_records["config"].get("measure", False):  # the model right after training
+        metrics.update(accuracies(model, data, prefix="trained-"))
     reply = RecordDict({"arrays": arrays, "metrics": metrics,
                         "wire": ConfigRecord({"mask-digest": digest, "server-round": server_round})})
     if fault:
@@ -242,33 +119,27 @@ def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> M
 
 
 def handle_evaluate(message: Message, context: Context, cfg: ExperimentConfig) -> Message:
-    """Accuracy of the personal model on the client's local test part.
+    """Accuracy of the personal model on the client's local test part (and validation part).
 
-    The personal model is the server's values under the personal mask (plus the
-    client's own personal tensors), squeezed for structured pruners; the method's
-    ``personal`` part may then prune it after training (and report the unit masks it
-    chose) and fine-tune it locally (``finetune_epochs`` at ``finetune_learning_rate``).
+    The personal model is the server's values under the personal mask (plus the client's
+    own personal tensors), squeezed for structured pruners, after what the method does at
+    evaluation (``local_round.personal_at_evaluation``). A message with ``onboard`` set asks
+    a new client, which never trained, to make its personal model from the final model first
+    (``local_round.onboard``).
     """
     torch.set_num_threads(1)
     method, server_round, partition = _request(message, context)
     data = clients_data(cfg)[partition]
     memory = ClientMemory(context.state, method.name)
     model, masks = receive(message, cfg, method, memory, partition)
-    units = memory.units() if method.structured else None
-    if method.personal.prune is not None:
-        full = model
-        pruner = method.personal.prune(_schedule(cfg, cfg.final_sparsity), cfg.pruner_options)
-        prune_data = PruneData(data.train_x, data.train_y, partition, server_round, cfg.seed)
-        model, units = post_prune(full, pruner, cfg.final_sparsity, prune_data)
-        masks = param_masks(full, units)
-    elif units:
-        model = squeeze(model, units)  # the personal model a device would run
-    if method.personal.finetune:
-        generator = _training_generator(cfg, "finetune", partition, server_round)
-        tuning = dataclasses.replace(cfg, learning_rate=cfg.finetune_learning_rate or cfg.learning_rate)
-        _train(model, tuning, data, None if units else masks, cfg.finetune_epochs, generator)
-    values = (len(data.test_y), accuracy(model, data.test_x, data.test_y), mask_sparsity(masks or {}), partition)
-    metrics = MetricRecord(dict(zip(wire.EVALUATE_METRICS, values, strict=True)))
+    if message.content.config_records["config"].get("onboard", False):
+        model, masks, units = onboard(model, method, cfg, partition, server_round)
+    else:
+        units = memory.units() if method.structured else None
+        model, masks, units = personal_at_evaluation(model, masks, units, method, cfg, partition, server_round)
+    measured = accuracies(model, data)
+    values = (len(data.test_y), measured.pop("accuracy"), mask_sparsity(masks or {}), partition)
+    metrics = MetricRecord({**dict(zip(wire.EVALUATE_METRICS, values, strict=True)), **measured})
     content = RecordDict({"metrics": metrics})
     if method.personal.reports_units:
         content["arrays"] = wire.pack({}, None, units=units)

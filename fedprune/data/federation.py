@@ -23,7 +23,7 @@ def _data_key(cfg: ExperimentConfig) -> tuple:
     text = ((cfg.pretrained, cfg.max_length, cfg.max_train_examples, cfg.max_test_examples)
             if load_dataset(*dataset_args(cfg))[1].inputs == TEXT else ())
     return (dataset_args(cfg), cfg.partitioner, cfg.num_clients, cfg.classes_per_client,
-            cfg.dirichlet_alpha, cfg.clients_per_domain, cfg.test_fraction, cfg.seed, text)
+            cfg.dirichlet_alpha, cfg.clients_per_domain, cfg.test_fraction, cfg.validation_fraction, cfg.seed, text)
 
 
 def token_cache() -> Path:
@@ -33,16 +33,16 @@ def token_cache() -> Path:
 
 @lru_cache(maxsize=8)
 def _all_clients(key: tuple) -> tuple[ClientData, ...]:
-    data, partitioner, num_clients, classes, alpha, per_domain, test_fraction, seed, text = key
+    data, partitioner, num_clients, classes, alpha, per_domain, test_fraction, validation, seed, text = key
     table, _ = load_dataset(*data)
     splitter = make_partitioner(partitioner, num_clients, seed, alpha=alpha, classes_per_client=classes,
                                 clients_per_group=per_domain)
     splitter.dataset = table
     if not text:
-        return tuple(client_data(splitter, table, c, test_fraction, seed) for c in range(num_clients))
+        return tuple(client_data(splitter, table, c, test_fraction, seed, validation) for c in range(num_clients))
     pretrained, max_length, max_train, max_test = text
     parts = [part.select_columns(["text", "label"]) for c in range(num_clients)
-             for part in client_split(splitter, table, c, test_fraction, seed, max_train, max_test)]
+             for part in client_split(splitter, table, c, test_fraction, seed, max_train, max_test, validation)]
     # One tokenizer call (cached on disk) for every client's texts, then cut back into parts.
     from fedprune.data.text import tokenize
     from fedprune.models.text import load_tokenizer, pack_tokens
@@ -52,7 +52,7 @@ def _all_clients(key: tuple) -> tuple[ClientData, ...]:
     inputs = pack_tokens(tokens["input_ids"], tokens["attention_mask"])
     sizes = [len(part) for part in parts]
     pieces = list(zip(inputs.split(sizes), tokens["labels"].split(sizes), strict=True))
-    return tuple(ClientData(*pieces[2 * c], *pieces[2 * c + 1]) for c in range(num_clients))
+    return tuple(ClientData(*pieces[3 * c], *pieces[3 * c + 1], *pieces[3 * c + 2]) for c in range(num_clients))
 
 
 def clients_data(cfg: ExperimentConfig) -> tuple[ClientData, ...]:
@@ -60,7 +60,21 @@ def clients_data(cfg: ExperimentConfig) -> tuple[ClientData, ...]:
     return _all_clients(_data_key(cfg))
 
 
+def new_partitions(cfg: ExperimentConfig) -> list[int]:
+    """The partitions held out of training (new clients): the last ``new_clients``, or with
+    ``natural`` partitions the clients of ``new_client_domains`` (partitions are group-major:
+    the sorted domains' clients in turn)."""
+    if cfg.new_client_domains:
+        table, _ = load_dataset(*dataset_args(cfg))
+        domains = sorted(set(table["domain"]))
+        per = cfg.clients_per_domain
+        return sorted(domains.index(d) * per + j for d in set(cfg.new_client_domains) for j in range(per))
+    return list(range(cfg.num_clients - cfg.new_clients, cfg.num_clients))
+
+
 def union_test_set(cfg: ExperimentConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The union of all clients' local test parts (for the global model's accuracy)."""
-    parts = clients_data(cfg)
+    """The union of the training clients' local test parts (for the global model's accuracy;
+    new clients are scored on their own)."""
+    new = set(new_partitions(cfg))
+    parts = [data for p, data in enumerate(clients_data(cfg)) if p not in new]
     return torch.cat([p.test_x for p in parts]), torch.cat([p.test_y for p in parts])

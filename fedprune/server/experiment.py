@@ -23,11 +23,12 @@ from torch import nn
 
 from fedprune import wire
 from fedprune.config import ExperimentConfig
-from fedprune.data.federation import clients_data, union_test_set
+from fedprune.data.federation import clients_data, new_partitions, union_test_set
 from fedprune.device.profiles import profile_threads
 from fedprune.methods import METHODS, Method
 from fedprune.models.factory import initial_model, new_model, sharing
 from fedprune.models.structure import expand_unit_mask, unit_groups
+from fedprune.pruning.diagnostics import magnitude_overlap, mean_pairwise_jaccard
 from fedprune.server.costs import mean_costs, personal_costs
 from fedprune.server.grid import CountingGrid
 from fedprune.server.records import Recorder
@@ -115,16 +116,28 @@ def global_accuracy(cfg: ExperimentConfig, method: Method, arrays: ArrayRecord) 
     return accuracy(model, x, y)
 
 
+def has_global_model(cfg: ExperimentConfig, method: Method) -> bool:
+    """Whether the aggregated model is a model someone would run: the method federates and no
+    client keeps part of it to itself. With personal masks (unless every client adopts one
+    global mask, ``global_mask``), personal layers or random personal entries, entries that
+    no client shares hold stale values."""
+    personal_masks = method.pruner is not None and (method.structured or cfg.global_mask == "none")
+    personal_parts = cfg.personal_layers != "none" or cfg.personal_fraction > 0
+    return method.federated and not personal_masks and not personal_parts
+
+
 class RoundEnd:
     """``evaluate_fn`` of ``Strategy.start``: called after every round (and once before the
-    first, which it ignores). In evaluation rounds it measures the global model (methods
-    that federate) and records it; every round it prints one progress line."""
+    first, which it ignores). In evaluation rounds it measures the global model (where there
+    is one, ``has_global_model``) and the masks' diagnostics, and records them; every round it
+    prints one progress line."""
 
     def __init__(self, cfg: ExperimentConfig, method: Method, strategy: PersonalizedStrategy,
                  grid: CountingGrid, journal: Journal, progress: Callable[[str], None]) -> None:
         self.cfg, self.method, self.strategy, self.grid = cfg, method, strategy, grid
         self.journal, self.progress = journal, progress
         self.global_accuracy: float | None = None
+        self.diagnostics: dict[str, float | None] = {}
         self.round_started = time.perf_counter()
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -133,11 +146,13 @@ class RoundEnd:
             return None
         result = None
         if self.strategy.evaluates_in(server_round):
-            if self.method.federated:
+            if has_global_model(self.cfg, self.method):
                 self.global_accuracy = global_accuracy(self.cfg, self.method, arrays)
                 result = MetricRecord({"global-accuracy": self.global_accuracy})
             self.journal(method=self.method.name, round=server_round, phase="global",
                          global_accuracy=self.global_accuracy)
+            self.diagnostics = mask_diagnostics(self.strategy)
+            self.journal(method=self.method.name, round=server_round, phase="diagnostics", **self.diagnostics)
         accuracies = self.strategy.reports.accuracy.values()
         mean_acc = statistics.fmean(accuracies) if accuracies else float("nan")
         rejected = [r for r in self.strategy.rejected if r.server_round == server_round]
@@ -150,6 +165,20 @@ class RoundEnd:
         return result
 
 
+def mask_diagnostics(strategy: PersonalizedStrategy) -> dict[str, float | None]:
+    """How personal the clients' latest masks are (``fedprune.pruning.diagnostics``; for
+    post-training methods the masks of their personal models), and how many optimizer steps a
+    client took in its latest round."""
+    known = sorted(set(strategy.client_masks) | set(strategy.post_units))
+    masks = [m for m in (strategy.personal_structure(p)[0] for p in known) if m is not None]
+    overlaps = [o for o in (magnitude_overlap(m, strategy.template) for m in masks) if o is not None]
+    steps = strategy.reports.steps.values()
+    return {"mask_jaccard": mean_pairwise_jaccard(masks),
+            "initial_magnitude_overlap": statistics.fmean(overlaps) if overlaps else None,
+            "masked_clients": len(masks),
+            "sgd_steps_mean": statistics.fmean(steps) if steps else None}
+
+
 def run_method(cfg: ExperimentConfig, name: str, grid: Grid, recorder: Recorder, partition_of: dict[int, int],
                progress: Callable[[str], None]) -> dict:
     """Run ``cfg.rounds`` rounds of method ``name`` on ``grid``; return its summary row."""
@@ -157,14 +186,23 @@ def run_method(cfg: ExperimentConfig, name: str, grid: Grid, recorder: Recorder,
     method = METHODS[name]
     model = initial_model(cfg, method.model)
     initial = ArrayRecord(model.state_dict())
-    strategy = make_strategy(cfg, name, model, partition_of, recorder.write)
+    new = set(new_partitions(cfg))
+    training = {node: p for node, p in partition_of.items() if p not in new}
+    strategy = make_strategy(cfg, name, model, training, recorder.write)
     counting = CountingGrid(grid, recorder.write, partition_of, counted=method.federated)
     round_end = RoundEnd(cfg, method, strategy, counting, recorder.write, progress)
     result = strategy.start(counting, initial, cfg.rounds, timeout=cfg.round_timeout, evaluate_fn=round_end)
-    final = dict((result.arrays if len(result.arrays) else initial).to_torch_state_dict())
+    final_arrays = result.arrays if len(result.arrays) else initial
+    final = dict(final_arrays.to_torch_state_dict())
+    if new:
+        newcomers = {node: p for node, p in partition_of.items() if p in new}
+        replies = counting.send_and_receive(strategy.configure_onboard(cfg.rounds, final_arrays, newcomers),
+                                            timeout=cfg.round_timeout)
+        strategy.aggregate_onboard(cfg.rounds, replies)
     row = summary_row(cfg, name, strategy, counting, round_end.global_accuracy, time.perf_counter() - started)
+    row.update({key: round_end.diagnostics.get(key) for key in ("mask_jaccard", "initial_magnitude_overlap")})
     save_personal_models(recorder.out_dir / "models" / f"{name}.pt", final, strategy)
-    structures = {p: strategy.personal_structure(p) for p in sorted(partition_of.values())}
+    structures = {p: strategy.personal_structure(p) for p in sorted(training.values())}
     costs = personal_costs(cfg, method.model, final, {p: masks for p, (masks, _) in structures.items()},
                            {p: units for p, (_, units) in structures.items()}, profile_threads(cfg))
     for partition, cost in costs.items():
@@ -188,17 +226,37 @@ def save_personal_models(path: Path, global_state: dict[str, torch.Tensor],
 
 def summary_row(cfg: ExperimentConfig, name: str, strategy: PersonalizedStrategy, grid: CountingGrid,
                 global_acc: float | None, seconds: float) -> dict:
-    """The summary.json object of one method (accepted replies only; personal accuracy from
-    the final round's evaluation, whose client count is ``evaluated_clients``)."""
+    """The summary.json object of one method (accepted replies only, final-round values).
+
+    Two personal accuracies, both on each client's own test part: ``personal_accuracy_*``
+    scores the personal model as the client holds it when the round's model arrives (after
+    what the method does at evaluation), ``personal_accuracy_trained_*`` its model right
+    after its local training in the final round. ``evaluated_clients`` and
+    ``trained_clients`` count the clients behind each; ``*_val_*`` are the same on the
+    validation parts (None without them).
+    """
     reports = strategy.reports
-    accuracies = list(reports.final_accuracy.values())
+
+    def stat(metric: str, how: Callable[[list[float]], float]) -> float | None:
+        values = list(reports.final.get(metric, {}).values())
+        return how(values) if values else None
+
     return {
         "method": name,
         "rounds": cfg.rounds,
         "clients": cfg.num_clients,
-        "personal_accuracy_mean": statistics.fmean(accuracies) if accuracies else None,
-        "personal_accuracy_min": min(accuracies) if accuracies else None,
-        "evaluated_clients": len(accuracies),
+        "personal_accuracy_mean": stat("accuracy", statistics.fmean),
+        "personal_accuracy_min": stat("accuracy", min),
+        "evaluated_clients": len(reports.final.get("accuracy", {})),
+        "personal_accuracy_trained_mean": stat(wire.TRAINED_ACCURACY, statistics.fmean),
+        "personal_accuracy_trained_min": stat(wire.TRAINED_ACCURACY, min),
+        "trained_clients": len(reports.final.get(wire.TRAINED_ACCURACY, {})),
+        "personal_val_accuracy_mean": stat(wire.VAL_ACCURACY, statistics.fmean),
+        "personal_val_accuracy_trained_mean": stat(wire.TRAINED_VAL_ACCURACY, statistics.fmean),
+        "sgd_steps_mean": statistics.fmean(reports.steps.values()) if reports.steps else None,
+        "new_clients": len(new_partitions(cfg)),
+        "new_client_accuracy_mean": statistics.fmean(reports.newcomers.values()) if reports.newcomers else None,
+        "new_client_accuracy_min": min(reports.newcomers.values()) if reports.newcomers else None,
         "global_accuracy": global_acc,
         "bytes_up": grid.bytes_up,
         "bytes_down": grid.bytes_down,

@@ -26,7 +26,8 @@ PHASES = {MessageType.TRAIN: "train", MessageType.EVALUATE: "evaluate", MessageT
 
 
 class CountingGrid(Grid):
-    """Delegates to ``grid``; ``send_and_receive`` records the bytes of every message.
+    """Delegates to ``grid``; ``send_and_receive`` records the bytes of every message (phase
+    ``setup``, ``train``, ``evaluate`` or ``onboard``: a new client's final model).
 
     ``journal`` receives one record per client and exchange; ``partition_of`` maps node
     ids to partition ids; ``counted`` False records 0 bytes (nothing would be sent).
@@ -57,6 +58,8 @@ class CountingGrid(Grid):
         method = None if config is None else config.get("method")
         server_round = 0 if config is None else wire.int_of(config, "server-round")
         phase = PHASES.get(messages[0].metadata.message_type, messages[0].metadata.message_type)
+        if config is not None and config.get("onboard", False):
+            phase = "onboard"
         for node, sent in sorted(down.items(), key=lambda item: self.partition_of.get(item[0], -1)):
             self.journal(method=method, round=server_round, phase=phase, client=self.partition_of.get(node),
                          bytes_down=sent, bytes_up=up.get(node, 0))

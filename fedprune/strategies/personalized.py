@@ -89,13 +89,22 @@ class FaultSettings:
 
 @dataclass
 class ClientReports:
-    """What accepted replies said: the latest per client, and the final round's accuracies
-    (a client whose last evaluation failed is missing there, never carried over)."""
+    """What accepted replies said: the latest per client, and the final round's accuracies by
+    metric name (``accuracy``, ``val-accuracy``, ``trained-accuracy``, ``trained-val-accuracy``;
+    a client whose last reply failed is missing there, never carried over)."""
 
     sparsity: dict[int, float] = field(default_factory=dict)
     budget_met: dict[int, bool] = field(default_factory=dict)
     accuracy: dict[int, float] = field(default_factory=dict)
-    final_accuracy: dict[int, float] = field(default_factory=dict)
+    steps: dict[int, float] = field(default_factory=dict)
+    final: dict[str, dict[int, float]] = field(default_factory=dict)
+    newcomers: dict[int, float] = field(default_factory=dict)
+
+    def keep_final(self, partition: int, metrics: dict[str, float], names: tuple[str, ...]) -> None:
+        """Remember the final round's ``names`` among ``metrics``."""
+        for name in names:
+            if name in metrics:
+                self.final.setdefault(name, {})[partition] = metrics[name]
 
 
 class PersonalizedStrategy(Strategy):
@@ -132,7 +141,7 @@ class PersonalizedStrategy(Strategy):
         self.rejected: list[Rejection] = []
         self.reports = ClientReports()
         self.global_state: dict[str, torch.Tensor] = {}
-        self.asked: dict[str, set[int]] = {"train": set(), "evaluate": set()}  # this round's messages
+        self.asked: dict[str, set[int]] = {"train": set(), "evaluate": set(), "onboard": set()}
         self.planned: dict[int, str] = {}  # this round's injected faults
         self.faults_injected: Counter[str] = Counter()
         self.faults_detected: Counter[str] = Counter()
@@ -193,7 +202,9 @@ class PersonalizedStrategy(Strategy):
         for partition, kind in self.planned.items():
             self.faults_injected[kind] += 1
             self.journal(method=self.method, round=server_round, phase="fault", client=partition, kind=kind)
-        extra = {partition: {"fault": kind} for partition, kind in self.planned.items()}
+        extra: dict[int, dict] = {partition: {"fault": kind} for partition, kind in self.planned.items()}
+        if self.evaluates_in(server_round):  # also measure the personal model right after training
+            extra = {p: {**extra.get(p, {}), "measure": True} for p in self.asked["train"]}
         return self._messages(server_round, arrays, config, nodes, MessageType.TRAIN, extra)
 
     def evaluates_in(self, server_round: int) -> bool:
@@ -293,39 +304,66 @@ class PersonalizedStrategy(Strategy):
 
     def _note_train(self, partition: int, server_round: int, metrics: dict[str, float]) -> None:
         self.reports.sparsity[partition] = metrics["sparsity"]
+        self.reports.steps[partition] = metrics["sgd-steps"]
         met = None if metrics["budget-met"] < 0 else bool(metrics["budget-met"])
         if met is not None:
             self.reports.budget_met[partition] = met
+        if server_round == self.num_rounds:
+            self.reports.keep_final(partition, metrics, (wire.TRAINED_ACCURACY, wire.TRAINED_VAL_ACCURACY))
         self.journal(method=self.method, round=server_round, phase="train-metrics", client=partition,
                      train_loss=metrics["train-loss"], sparsity=metrics["sparsity"], budget_met=met,
-                     compute_seconds=metrics["compute-seconds"], num_examples=int(metrics["num-examples"]))
+                     compute_seconds=metrics["compute-seconds"], num_examples=int(metrics["num-examples"]),
+                     sgd_steps=int(metrics["sgd-steps"]), trained_accuracy=metrics.get(wire.TRAINED_ACCURACY),
+                     trained_val_accuracy=metrics.get(wire.TRAINED_VAL_ACCURACY))
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Validate every evaluate reply, record each client's personal accuracy; return the
-        example-weighted mean accuracy (the summary's ``personal_accuracy_mean`` is the plain
-        mean over clients instead)."""
+    def _accepted_evaluations(self, server_round: int, replies: Iterable[Message],
+                              exchange: str) -> list[tuple[int, dict[str, float]]]:
+        """The valid evaluate replies as ``(partition, metrics)``; the others are rejected."""
         accepted, answered = [], set()
         for message in sorted(replies, key=self._partition):
             partition = self._partition(message)
             answered.add(partition)
             try:
                 metrics = check_evaluate_reply(message, partition)
-                if self.reports_units:
+                if self.reports_units and exchange == "evaluate":
                     self.note_post_units(partition, arrays_of(message))
             except (RejectedReply, ValueError, KeyError, TypeError) as error:
-                self._reject(partition, "evaluate", server_round, error)
+                self._reject(partition, exchange, server_round, error)
                 continue
             accepted.append((partition, metrics))
-        self._unanswered("evaluate", answered, server_round)
+        self._unanswered(exchange, answered, server_round)
+        return accepted
+
+    def configure_onboard(self, server_round: int, arrays: ArrayRecord, newcomers: dict[int, int]) -> list[Message]:
+        """After the last round: each new client (node id -> partition, never sampled before) gets
+        the final model, to make its own personal model from (``config["onboard"]``)."""
+        self.partition_of.update(newcomers)
+        self.asked["onboard"] = set(newcomers.values())
+        return self._messages(server_round, arrays, ConfigRecord({"onboard": True}), sorted(newcomers),
+                              MessageType.EVALUATE)
+
+    def aggregate_onboard(self, server_round: int, replies: Iterable[Message]) -> None:
+        """Record each new client's accuracy (``reports.newcomers``, phase ``new-client``)."""
+        for partition, metrics in self._accepted_evaluations(server_round, replies, "onboard"):
+            self.reports.newcomers[partition] = metrics["accuracy"]
+            self.journal(method=self.method, round=server_round, phase="new-client", client=partition,
+                         accuracy=metrics["accuracy"], sparsity=metrics["sparsity"],
+                         num_examples=int(metrics["num-examples"]))
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Validate every evaluate reply, record each client's personal accuracy; return the
+        example-weighted mean accuracy (the summary's ``personal_accuracy_mean`` is the plain
+        mean over clients instead)."""
+        accepted = self._accepted_evaluations(server_round, replies, "evaluate")
         for partition, metrics in accepted:
             if self.reports_units:
                 self.reports.sparsity[partition] = metrics["sparsity"]
             self.reports.accuracy[partition] = metrics["accuracy"]
             if server_round == self.num_rounds:
-                self.reports.final_accuracy[partition] = metrics["accuracy"]
+                self.reports.keep_final(partition, metrics, ("accuracy", wire.VAL_ACCURACY))
             self.journal(method=self.method, round=server_round, phase="personal", client=partition,
-                         accuracy=metrics["accuracy"], sparsity=metrics["sparsity"],
-                         num_examples=int(metrics["num-examples"]))
+                         accuracy=metrics["accuracy"], val_accuracy=metrics.get(wire.VAL_ACCURACY),
+                         sparsity=metrics["sparsity"], num_examples=int(metrics["num-examples"]))
         if not accepted:
             return None
         total = sum(m["num-examples"] for _, m in accepted)

@@ -94,13 +94,18 @@ def _in_range(name: str, value: float, low: float, high: float) -> None:
         raise RejectedReply(f"metric {name!r} = {value} is outside [{low:g}, {high:g}]")
 
 
-def _check_common(message: Message, partition: int, names: tuple[str, ...]) -> dict[str, float]:
-    """The metrics ``names`` of a reply from ``partition``: present, finite, sane."""
+def _check_common(message: Message, partition: int, names: tuple[str, ...],
+                  optional: tuple[str, ...] = ()) -> dict[str, float]:
+    """The metrics ``names`` (and those of ``optional`` present, all accuracies in [0, 1]) of a
+    reply from ``partition``: present, finite, sane."""
     if message.has_error():
         raise RejectedReply(f"client error: {error_summary(message.error.reason or '')}", "client-error")
     metrics = _record(message, "metrics", MetricRecord)
     assert isinstance(metrics, MetricRecord)
-    values = {name: _number(metrics, name) for name in names}
+    values = {name: _number(metrics, name) for name in (*names, *(o for o in optional if o in metrics))}
+    for name in optional:
+        if name in values:
+            _in_range(name, values[name], 0.0, 1.0)
     if values["partition-id"] != partition:
         raise RejectedReply(f"metric 'partition-id' = {values['partition-id']:g}, but the node holds {partition}")
     if values["num-examples"] <= 0:
@@ -118,7 +123,10 @@ def check_train_reply(message: Message, partition: int, server_round: int,
     the partition the node holds; the round it was asked for; at most ``max_examples``
     examples).
     """
-    values = _check_common(message, partition, wire.TRAIN_METRICS)
+    values = _check_common(message, partition, wire.TRAIN_METRICS,
+                           (wire.TRAINED_ACCURACY, wire.TRAINED_VAL_ACCURACY))
+    if values["sgd-steps"] < 0:
+        raise RejectedReply(f"metric 'sgd-steps' = {values['sgd-steps']:g} is negative")
     if max_examples is not None and values["num-examples"] > max_examples:
         raise RejectedReply(f"metric 'num-examples' = {values['num-examples']:g}, but the client holds "
                             f"{max_examples}")
@@ -140,7 +148,7 @@ def check_train_reply(message: Message, partition: int, server_round: int,
 def check_evaluate_reply(message: Message, partition: int) -> dict[str, float]:
     """The evaluate metrics of a reply from ``partition``: every metric of
     ``wire.EVALUATE_METRICS``, accuracy in [0, 1]."""
-    values = _check_common(message, partition, wire.EVALUATE_METRICS)
+    values = _check_common(message, partition, wire.EVALUATE_METRICS, (wire.VAL_ACCURACY,))
     _in_range("accuracy", values["accuracy"], 0.0, 1.0)
     return values
 
