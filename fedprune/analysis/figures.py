@@ -79,7 +79,7 @@ def _lines(ax: Axes, runs: Sequence[Run], series, suffix: str = "", dashed: bool
 
 
 def _accuracy_lines(runs: Sequence[Run], path: Path, series, title: str, xlabel: str,
-                    integer_x: bool, trained=None) -> Path:
+                    integer_x: bool, trained=None, ylabel: str = "personal accuracy (fraction correct)") -> Path:
     """``series`` per method and run (and, dashed, ``trained``) against x."""
     fig, ax = _figure()
     _lines(ax, runs, series, " received" if trained else "")
@@ -89,7 +89,7 @@ def _accuracy_lines(runs: Sequence[Run], path: Path, series, title: str, xlabel:
         _empty(ax, "no personal-accuracy records")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("personal accuracy (fraction correct)")
+    ax.set_ylabel(ylabel)
     if integer_x:
         cast(MaxNLocator, ax.xaxis.get_major_locator()).set_params(integer=True)  # the default AutoLocator
     ax.grid(alpha=0.3)
@@ -126,9 +126,10 @@ def plot_mask_diagnostics(runs: Sequence[Run], path: Path) -> Path:
 
 
 def plot_accuracy_vs_mb(runs: Sequence[Run], path: Path) -> Path:
-    """Mean personal accuracy versus cumulative MB (up + down) of the method's messages."""
-    return _accuracy_lines(runs, path, accuracy_vs_mb, "Personal accuracy versus communication",
-                           "cumulative communication, up + down (MB = $10^6$ bytes)", False)
+    """Mean received personal accuracy versus cumulative MB (up + down) of the method's messages."""
+    return _accuracy_lines(runs, path, accuracy_vs_mb, "Received personal accuracy versus communication",
+                           "cumulative communication, up + down (MB = $10^6$ bytes)", False,
+                           ylabel="received personal accuracy (fraction correct)")
 
 
 def plot_accuracy_distribution(runs: Sequence[Run], path: Path) -> Path:
@@ -156,9 +157,9 @@ def plot_accuracy_distribution(runs: Sequence[Run], path: Path) -> Path:
         ax.set_xlim(0.4, len(groups) + 0.6)
     else:
         _empty(ax, "no personal-accuracy records")
-    ax.set_title("Personal accuracy across clients at the last evaluated round")
+    ax.set_title("Received personal accuracy across clients at the last evaluated round")
     ax.set_xlabel("method" + (" [run]" if several else "") + " (one point per client)")
-    ax.set_ylabel("personal accuracy (fraction correct)")
+    ax.set_ylabel("received personal accuracy (fraction correct)")
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 

@@ -37,7 +37,7 @@ EXPLANATIONS = {
         "mean the masks were chosen before training taught the model anything: they are the initial "
         "weights' masks, the same on every client. Dense methods have no line."),
     "accuracy_vs_mb.png": (
-        "Personal accuracy versus communication",
+        "Received personal accuracy versus communication",
         "The same mean (received) personal accuracy, plotted against the cumulative traffic of that "
         "method: bytes "
         "up plus down of all its train and evaluate messages in rounds 1..r (the evaluate messages of "
@@ -45,8 +45,8 @@ EXPLANATIONS = {
         "table. Curves further up and to the left reach an accuracy with less traffic. Methods that "
         "send nothing (`local`) sit at 0 MB."),
     "accuracy_distribution.png": (
-        "Personal accuracy across clients",
-        "Per method, the personal accuracy of every client at the method's last evaluated round: "
+        "Received personal accuracy across clients",
+        "Per method, the received personal accuracy of every client at the method's last evaluated round: "
         "the box spans the quartiles with the median as a black line (whiskers: 1.5 IQR), and "
         "each dot is one client (spread sideways only for visibility). A low box or isolated low "
         "dots mean some clients are served badly even if the mean looks good."),
@@ -98,8 +98,9 @@ def render_markdown(runs: Sequence[Run], figures: Sequence[str]) -> str:
         title, text = EXPLANATIONS[name]
         lines += [f"### {title}", "", f"![{title}]({name})", "", text, ""]
     lines += ["## Summary tables", "",
-              "Per method: mean and minimum personal accuracy over clients (each client's last evaluation), "
-              "global model accuracy on the union of the clients' test splits (- for `local`), MB sent "
+              "Per method: mean and minimum personal accuracy over clients at the final round, received "
+              "and trained (see the first figure), global model accuracy on the union of the clients' test "
+              "splits (- where no global model exists: `local` methods and personal masks or layers), MB sent "
               "up (clients to server) and down, mean final sparsity, mean personal-model latency "
               "(ms per batch of 32) and FLOPs per example (thousands), wall-clock seconds.", ""]
     for run in runs:
