@@ -14,6 +14,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from fedprune.config import ExperimentConfig
 from fedprune.methods import METHODS
 
 EXIT_BAD_INPUT = 2
@@ -47,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--preset", help="a named config shipped with fedprune: " + ", ".join(preset_names()))
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override one setting, e.g. --set final_sparsity=0.9 (repeatable)")
-    run.add_argument("--methods", help="comma-separated methods (default fedavg,gmp): " + ", ".join(METHODS))
+    run.add_argument("--methods", help="comma-separated methods (default: the config's, "
+                     f"{','.join(ExperimentConfig().methods)}): " + ", ".join(METHODS))
     run.add_argument("--out", help="run folder (default: runs/run-YYYYmmdd-HHMMSS)")
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     run.add_argument("--no-report", action="store_true",
