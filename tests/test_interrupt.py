@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,25 +18,29 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def ray_processes() -> set[int]:
-    """PIDs of running processes whose command line names Ray."""
+def ray_processes(marker: str) -> set[int]:
+    """PIDs of running Ray processes started under ``marker`` (a unique RAY_TMPDIR): other
+    people's Ray processes on the same machine do not count."""
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"ray" in (entry / "cmdline").read_bytes():
-                    found.add(int(entry.name))
+                cmdline = (entry / "cmdline").read_bytes()
+                environ = (entry / "environ").read_bytes()
             except OSError:
                 continue
+            if b"ray" in cmdline and marker.encode() in cmdline + environ:
+                found.add(int(entry.name))
     return found
 
 
 def test_sigint_exits_130_within_10_seconds(tmp_path) -> None:
-    before = ray_processes()
+    ray_dir = tempfile.mkdtemp(prefix="fpr", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "RAY_TMPDIR": ray_dir}
     out = tmp_path / "run"
     command = [sys.executable, "-m", "fedprune.sim.cli", "run", "--methods", "fedavg", "--set", "rounds=500",
                "--set", "num_clients=4", "--out", str(out), "--no-report"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # wait until training has started
@@ -43,6 +49,7 @@ def test_sigint_exits_130_within_10_seconds(tmp_path) -> None:
                 break
             assert process.poll() is None, process.communicate()
             time.sleep(0.2)
+        running = ray_processes(ray_dir)
         process.send_signal(signal.SIGINT)
         sent = time.monotonic()
         _, err = process.communicate(timeout=30)
@@ -57,5 +64,7 @@ def test_sigint_exits_130_within_10_seconds(tmp_path) -> None:
     assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in err, err
     assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
     assert not (out / "summary.json").exists()
+    assert running, "found none of the run's Ray processes: the check below would prove nothing"
     time.sleep(2)  # let Ray's processes finish exiting
-    assert ray_processes() - before == set()
+    assert ray_processes(ray_dir) == set()
+    shutil.rmtree(ray_dir, ignore_errors=True)
