@@ -274,6 +274,61 @@ def test_tokenize_cache_hits_without_retokenizing(tmp_path: Path, tokenizer) -> 
     assert counting.calls == 4 and len(list(cache.glob("tokens-*.pt"))) == 4
 
 
+def _corrupt(path: Path, how: str) -> None:
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "garbage":
+        path.write_bytes(bytes(range(256)) * 7)
+    else:  # a valid file whose tensors changed after the checksum was taken
+        stored = torch.load(path, weights_only=True)
+        stored["tokens"]["labels"][0] += 1
+        torch.save(stored, path)
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage", "tampered"])
+def test_corrupt_cache_file_is_rebuilt_with_a_warning(tmp_path: Path, tokenizer, capsys, how: str) -> None:
+    counting = CountingTokenizer(tokenizer)
+    cache = tmp_path / "cache"
+    expected = T.tokenize(_table(), tokenizer, max_length=8)  # no cache involved
+    T.tokenize(_table(), counting, max_length=8, cache_dir=cache)
+    (path,) = cache.glob("tokens-*.pt")
+    _corrupt(path, how)
+    capsys.readouterr()
+    rebuilt = T.tokenize(_table(), counting, max_length=8, cache_dir=cache)
+    assert counting.calls == 2  # tokenized again, not read from the bad file
+    for key in expected:
+        assert torch.equal(rebuilt[key], expected[key])
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "rebuilding" in lines[0]
+    again = T.tokenize(_table(), counting, max_length=8, cache_dir=cache)  # the rewritten file is good
+    assert counting.calls == 2 and torch.equal(again["input_ids"], expected["input_ids"])
+    assert capsys.readouterr().err == ""
+    assert sorted(p.name for p in cache.iterdir()) == [path.name]  # no temporary files left
+
+
+def test_cache_write_is_atomic(tmp_path: Path, tokenizer, monkeypatch) -> None:
+    """A write that dies half-way leaves the previous file (here: none) and no temporary file."""
+    cache = tmp_path / "cache"
+
+    def dies(obj, out) -> None:
+        out.write(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T.torch, "save", dies)
+    with pytest.raises(KeyboardInterrupt):
+        T.tokenize(_table(), tokenizer, max_length=8, cache_dir=cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_token_cache_follows_fedprune_cache(tmp_path: Path, monkeypatch) -> None:
+    from fedprune.data.federation import token_cache
+
+    monkeypatch.setenv("FEDPRUNE_CACHE", str(tmp_path))
+    assert token_cache() == tmp_path / "tokens"
+
+
 def test_cache_key_depends_on_tokenizer_vocab(tmp_path: Path, tokenizer) -> None:
     from transformers import BertTokenizerFast
 

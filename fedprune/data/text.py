@@ -27,6 +27,8 @@ import hashlib
 import json
 import os
 import re
+import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -368,6 +370,51 @@ def cache_key(table: datasets.Dataset, tokenizer: Any, max_length: int) -> str:
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
 
 
+#: what a cache file holds besides the tensors: this format's version and their checksum
+CACHE_FORMAT = 1
+
+
+def tokens_checksum(tokens: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the tensors' names, dtypes, shapes and bytes (sorted by name)."""
+    digest = hashlib.sha256()
+    for name in sorted(tokens):
+        tensor = tokens[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _read_cache(path: Path) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """The tensors of cache file ``path`` and ``""``, or None and why the file is unusable."""
+    try:
+        stored = torch.load(path, weights_only=True)
+    except Exception as err:  # torch raises EOFError, UnpicklingError, RuntimeError ... on bad files
+        return None, f"unreadable ({type(err).__name__})"
+    if not isinstance(stored, dict) or stored.get("format") != CACHE_FORMAT or "sha256" not in stored:
+        return None, "not a checksummed cache file"
+    tokens = stored.get("tokens")
+    if not isinstance(tokens, dict) or set(tokens) != {"input_ids", "attention_mask", "labels"} or not all(
+            isinstance(t, torch.Tensor) for t in tokens.values()):
+        return None, "missing tensors"
+    if tokens_checksum(tokens) != stored["sha256"]:
+        return None, "checksum mismatch"
+    return tokens, ""
+
+
+def _write_cache(path: Path, tokens: dict[str, torch.Tensor]) -> None:
+    """Write ``tokens`` with their checksum atomically: a temporary file, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            torch.save({"format": CACHE_FORMAT, "sha256": tokens_checksum(tokens), "tokens": tokens}, out)
+        os.replace(partial, path)  # atomic: concurrent clients never read half a file
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+
+
 def tokenize(
     table: datasets.Dataset,
     tokenizer: Any,
@@ -379,8 +426,10 @@ def tokenize(
 
     Texts are truncated and padded to ``max_length`` (shape ``[rows, max_length]``).
     With ``cache_dir`` the tensors are stored as ``tokens-<key>.pt`` keyed by
-    ``cache_key`` and a later call with the same table content, tokenizer and
-    ``max_length`` loads them instead of tokenizing again.
+    ``cache_key``, with a checksum of their content, and a later call with the same table
+    content, tokenizer and ``max_length`` loads them instead of tokenizing again. A cache
+    file that is truncated, empty, garbage or fails its checksum is rebuilt, with a
+    one-line warning on stderr naming the file.
     """
     if max_length < 1:
         raise TextDataError(f"max_length: must be at least 1, got {max_length}")
@@ -390,7 +439,11 @@ def tokenize(
     if cache_dir is not None:
         path = Path(cache_dir) / f"tokens-{cache_key(table, tokenizer, max_length)[:32]}.pt"
         if path.is_file():
-            return torch.load(path, weights_only=True)
+            cached, problem = _read_cache(path)
+            if cached is not None:
+                return cached
+            print(f"fedprune: warning: token cache {path} is corrupt ({problem}); rebuilding it",
+                  file=sys.stderr)
     texts = table["text"]
     ids, masks = [], []
     for start in range(0, len(texts), batch_size):
@@ -409,10 +462,7 @@ def tokenize(
         "labels": torch.tensor(table["label"], dtype=torch.long),
     }
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(result, partial)
-        os.replace(partial, path)  # atomic: concurrent clients never read half a file
+        _write_cache(path, result)
     return result
 
 

@@ -59,7 +59,10 @@ def build_server_app(cfg: ExperimentConfig | None = None, out_dir: Path | None =
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         run_cfg = dict(context.run_config)
-        settings = cfg if cfg is not None else config_from_run_config(run_cfg)
+        try:
+            settings = cfg if cfg is not None else config_from_run_config(run_cfg)
+        except ValueError as error:  # one line in `flwr log`; the run ends "failed" (Flower: exit code 700)
+            raise ValueError(f"fedprune: error: {str(error).splitlines()[0]}") from None
         folder = out_dir or Path(str(run_cfg.get("out-dir") or f"runs/flwr-{time.strftime('%Y%m%d-%H%M%S')}"))
         run_experiment(grid, settings, folder.resolve(), progress)
 

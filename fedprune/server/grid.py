@@ -25,6 +25,17 @@ PULL_INTERVAL_S = 0.1
 PHASES = {MessageType.TRAIN: "train", MessageType.EVALUATE: "evaluate", MessageType.QUERY: "setup"}
 
 
+def attributed(reply: Message, sent: dict[str, Message]) -> Message:
+    """``reply`` as coming from the node it answers for. The deployment engine's SuperLink
+    answers for a node that stopped sending heartbeats with an error of its own (``Node
+    Unavailable``, sender: the SuperLink); that error is credited to the node asked, so the
+    strategy records that client as failed instead of an unknown sender plus a no-reply."""
+    asked = sent.get(reply.metadata.reply_to_message_id)
+    if asked is None or not reply.has_error() or reply.metadata.src_node_id == asked.metadata.dst_node_id:
+        return reply
+    return Message(reply.error, reply_to=asked)
+
+
 class CountingGrid(Grid):
     """Delegates to ``grid``; ``send_and_receive`` records the bytes of every message (phase
     ``setup``, ``train``, ``evaluate`` or ``onboard``: a new client's final model).
@@ -70,13 +81,15 @@ class CountingGrid(Grid):
     def _exchange(self, messages: list[Message], timeout: float | None) -> list[Message]:
         """Push, then pull until every reply is in, ``timeout`` passes or a stop is requested
         (Flower's ``send_and_receive`` loop, with the stop check)."""
-        pending = set(self.grid.push_messages(messages))
+        ids = list(self.grid.push_messages(messages))
+        sent = dict(zip(ids, messages, strict=True))
+        pending = set(ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         while pending:
             interrupt.check()
             pulled = list(self.grid.pull_messages(pending))
-            replies += pulled
+            replies += [attributed(reply, sent) for reply in pulled]
             pending -= {m.metadata.reply_to_message_id for m in pulled}
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 break

@@ -1,0 +1,1 @@
+"""Running fedprune on Flower's deployment engine: run-config checks and a long-running ClientApp executor."""
