@@ -215,6 +215,7 @@ class PersonalizedStrategy(Strategy):
                            grid: Grid) -> Iterable[Message]:
         """Personal evaluation on a seeded sample in evaluation rounds (every client in the last)."""
         if not self.evaluates_in(server_round):
+            self.asked["evaluate"] = set()  # nobody is asked, so nobody is missing
             return []
         fraction = 1.0 if server_round == self.num_rounds else self.fraction_evaluate
         nodes = self.sample(fraction)
