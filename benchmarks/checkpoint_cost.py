@@ -92,7 +92,7 @@ def measure(clients: int, sparsity: float, repeats: int) -> list[dict]:
             rows.append({"what": f"clients ({kind})", "clients": clients, "bytes": size * clients,
                          "bytes_on_disk": 2 * size * clients, "save_s": save_s, "load_s": load_s})
         server_dir = Path(tmp) / "server"
-        strategy = {"client_masks": {p: masks for p in range(clients)}}
+        strategy = {"client_masks": {p: {k: v.clone() for k, v in masks.items()} for p in range(clients)}}
         checkpoint = Checkpoint(rounds=20, method="gmp", round=1, arrays=dict(model.state_dict()), strategy=strategy)
         save_s = timed(lambda: save_checkpoint(server_dir, checkpoint), repeats)
         load_s = timed(lambda: load_checkpoint(server_dir), repeats)
