@@ -196,6 +196,9 @@ class ExperimentConfig:
                                       bounds=at_least(0), section=FAULTS)
     # simulation
     num_cpus_per_client: float = setting(1.0, "Ray CPUs per virtual client", bounds=POSITIVE, section=SIMULATION)
+    client_state_dir: str = setting("", "folder where every client keeps its personal state (masks, own tensors, "
+                                    "pruner state) after each round, for `--resume` (empty: the run folder's "
+                                    "`checkpoint/clients`); one folder per run", section=SIMULATION)
     pruner_options: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={"internal": True})
 
     def to_dict(self) -> dict[str, Any]:
@@ -416,9 +419,11 @@ def _read_toml(path: str | Path, field_name: str) -> dict[str, Any]:
         raise ConfigError(f"{field_name}: {path} is not valid TOML ({error})") from None
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Defaults, then the TOML file ``path`` (flat keys), then ``key=value`` overrides."""
-    values: dict[str, Any] = {}
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
+                base: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Defaults (or ``base``, e.g. a run's config.json), then the TOML file ``path`` (flat
+    keys), then ``key=value`` overrides."""
+    values: dict[str, Any] = dict(base or {})
     if path is not None:
         values.update(_read_toml(path, "--config"))
     for text in overrides:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 
 from flwr.app import Context, Error, Message, MessageType, RecordDict
 
 from fedprune.clients.app import handle_evaluate, handle_query, handle_train
+from fedprune.clients.persist import StateStore, persisted
 from fedprune.config import ExperimentConfig
 from fedprune.methods import METHODS
 from fedprune.models.factory import initial_model
@@ -35,10 +37,12 @@ def new_strategy(cfg: ExperimentConfig, method: str, partition_of: dict[int, int
 class InProcessGrid:
     """Hands messages to the ClientApp handlers in this process, one Context per node: the
     parts of Flower's ``Grid`` that ``Strategy.start`` and fedprune use, without Ray.
-    ``reply`` returning None stands for a client that never answers."""
+    ``reply`` returning None stands for a client that never answers. With ``state_dir`` each
+    client persists its state there, as the ClientApp does (``fedprune.clients.persist``)."""
 
-    def __init__(self, cfg: ExperimentConfig, partition_of: dict[int, int]) -> None:
+    def __init__(self, cfg: ExperimentConfig, partition_of: dict[int, int], state_dir: Path | None = None) -> None:
         self.cfg = cfg
+        self.store = None if state_dir is None else StateStore(state_dir)
         self.contexts = {
             node: Context(run_id=0, node_id=node, state=RecordDict(), run_config={},
                           node_config={"partition-id": partition, "num-partitions": len(partition_of)})
@@ -56,7 +60,7 @@ class InProcessGrid:
             return handle_query(message, context)
         handler = handle_train if kind == MessageType.TRAIN else handle_evaluate
         try:
-            return handler(message, context, self.cfg)
+            return persisted(self.store, message, context, self.cfg, lambda: handler(message, context, self.cfg))
         except Exception as error:  # what Flower sends back when a ClientApp raises
             return Message(Error(code=0, reason=f"{type(error).__name__}: {error}"), reply_to=message)
 

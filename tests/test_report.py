@@ -310,7 +310,7 @@ def test_run_writes_report_unless_no_report(no_report: bool, tmp_path: Path, mon
     """``fedprune run`` with the simulation replaced by a synthetic run folder."""
     import fedprune.sim.runner as runner
 
-    def fake_simulate(cfg, out_dir: Path, verbose: bool = False) -> list[dict]:
+    def fake_simulate(cfg, out_dir: Path, verbose: bool = False, resume: bool = False) -> list[dict]:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps({"rounds": cfg.rounds}))
         (out_dir / "summary.json").write_text(json.dumps({"methods": RUN_A_SUMMARY}))

@@ -178,3 +178,15 @@ def test_a_failed_last_evaluation_leaves_the_client_missing_not_stale(task_ident
     assert set(personal) == {(1, 0), (1, 1), (2, 0)}  # client 1 answered round 1 only
     assert row["evaluated_clients"] == 1
     assert row["personal_accuracy_mean"] == personal[(2, 0)]  # not the mean with client 1's round-1 value
+
+
+def test_a_round_without_evaluation_misses_nobody(task_identity, tmp_path) -> None:
+    """Round 3 of 4 with evaluate_every=2 asks nobody for accuracy: no client is missing there
+    (a stale list of round 2's asked clients once rejected all of them, and they were sent the
+    dense model again in round 4)."""
+    row, records = run(tmp_path, "gmp", lambda *_: None, rounds=4, evaluate_every=2)
+    assert of(records, "rejected") == [] and row["rejected_replies"] == 0
+    assert [r["round"] for r in of(records, "evaluate-summary")] == [2, 4]
+    round4 = [r for r in of(records, "train") if r["round"] == 4]
+    round2 = [r for r in of(records, "train") if r["round"] == 2]
+    assert all(a["bytes_down"] < b["bytes_down"] for a, b in zip(round4, round2, strict=True))  # masked, not dense

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedprune.server.records import STATUS_FILE, describe
+
 MB = 1e6
 MESSAGE_PHASES = ("train", "evaluate")
 
@@ -47,6 +49,8 @@ def load_run(path: str | Path) -> Run:
     folder = Path(path)
     if not folder.is_dir():
         raise RunError(f"{folder}: no such run folder")
+    if not (folder / "summary.json").is_file() and (folder / STATUS_FILE).is_file():
+        raise RunError(describe(folder))
     for name in ("summary.json", "rounds.jsonl"):
         if not (folder / name).is_file():
             raise RunError(f"{folder}: not a run folder (no {name})")

@@ -17,6 +17,8 @@ state per method in ``Context.state`` (``ClientMemory``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -26,6 +28,7 @@ from torch import nn
 from fedprune import partial, wire
 from fedprune.clients import faults
 from fedprune.clients.local_round import accuracies, onboard, personal_at_evaluation, train_and_prune
+from fedprune.clients.persist import StateStore, persisted, state_folder
 from fedprune.clients.state import ClientMemory
 from fedprune.config import ExperimentConfig, config_from_run_config
 from fedprune.data.federation import clients_data
@@ -33,6 +36,9 @@ from fedprune.methods import METHODS, Method
 from fedprune.models.factory import initial_model, new_model, sharing
 from fedprune.pruning import apply_masks, mask_sparsity
 from fedprune.pruning.masks import Masks
+
+#: a ClientApp handler: (message, context, config) -> reply
+Handler = Callable[[Message, Context, ExperimentConfig], Message]
 
 
 def receive(message: Message, cfg: ExperimentConfig, method: Method, memory: ClientMemory,
@@ -152,20 +158,32 @@ def handle_query(message: Message, context: Context) -> Message:
     return Message(RecordDict({"info": info}), reply_to=message)
 
 
-def build_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
-    """A ClientApp for ``cfg``; with None, the config is read from ``Context.run_config``."""
+def build_client_app(cfg: ExperimentConfig | None = None, state_dir: Path | None = None) -> ClientApp:
+    """A ClientApp for ``cfg``; with None, the config is read from ``Context.run_config``.
+
+    Each client persists its ``Context.state`` after every reply that changed it and
+    restores it when the engine lost it (``fedprune.clients.persist``), under the node's
+    ``client-state-dir``, the config's ``client_state_dir`` or ``state_dir`` (none: not
+    persisted).
+    """
     app = ClientApp()
 
     def settings(context: Context) -> ExperimentConfig:
         return cfg if cfg is not None else config_from_run_config(context.run_config)
 
+    def handled(handler: Handler, message: Message, context: Context) -> Message:
+        settled = settings(context)
+        folder = state_folder(settled, context, state_dir)
+        store = None if folder is None else StateStore(folder)
+        return persisted(store, message, context, settled, lambda: handler(message, context, settled))
+
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        return handle_train(message, context, settings(context))
+        return handled(handle_train, message, context)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
-        return handle_evaluate(message, context, settings(context))
+        return handled(handle_evaluate, message, context)
 
     @app.query()
     def query(message: Message, context: Context) -> Message:

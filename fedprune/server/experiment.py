@@ -29,10 +29,12 @@ from fedprune.methods import METHODS, Method
 from fedprune.models.factory import initial_model, new_model, sharing
 from fedprune.models.structure import expand_unit_mask, unit_groups
 from fedprune.pruning.diagnostics import magnitude_overlap, mean_pairwise_jaccard
+from fedprune.server.checkpoint import Checkpoint, Checkpointer
 from fedprune.server.costs import mean_costs, personal_costs
 from fedprune.server.grid import CountingGrid
 from fedprune.server.records import Recorder
 from fedprune.strategies import AGGREGATION_RULES, DenseFedAvg, LocalOnly, MaskedFedAvg, PersonalizedStrategy
+from fedprune.strategies.offset import RoundOffset
 from fedprune.strategies.personalized import FaultSettings, Journal, UnitStructure
 from fedprune.strategies.replies import Safeguards
 from fedprune.strategies.rules import RuleSettings
@@ -43,8 +45,9 @@ SETUP_TIMEOUT_S = 600.0
 MB = 1e6
 
 
-def discover_partitions(grid: Grid, recorder: Recorder, expected: int, wait_s: float = 120.0) -> dict[int, int]:
-    """Wait for ``expected`` nodes, then ask each for its partition id (one small query each)."""
+def discover_partitions(grid: Grid, journal: Journal, expected: int, wait_s: float = 120.0) -> dict[int, int]:
+    """Wait for ``expected`` nodes, then ask each for its partition id (one small query each);
+    ``journal`` records the queries' bytes."""
     deadline = time.monotonic() + wait_s
     while len(nodes := sorted(grid.get_node_ids())) < expected:
         if time.monotonic() > deadline:
@@ -62,7 +65,7 @@ def discover_partitions(grid: Grid, recorder: Recorder, expected: int, wait_s: f
     down = {query.metadata.dst_node_id: wire.message_bytes(query) for query in queries}
     for reply in sorted(replies, key=lambda m: mapping[m.metadata.src_node_id]):
         node = reply.metadata.src_node_id
-        recorder.write(method=None, round=0, phase="setup", client=mapping[node], bytes_down=down[node],
+        journal(method=None, round=0, phase="setup", client=mapping[node], bytes_down=down[node],
                        bytes_up=wire.message_bytes(reply))
     return mapping
 
@@ -133,9 +136,10 @@ class RoundEnd:
     prints one progress line."""
 
     def __init__(self, cfg: ExperimentConfig, method: Method, strategy: PersonalizedStrategy,
-                 grid: CountingGrid, journal: Journal, progress: Callable[[str], None]) -> None:
+                 grid: CountingGrid, journal: Journal, progress: Callable[[str], None],
+                 checkpointer: Checkpointer | None = None) -> None:
         self.cfg, self.method, self.strategy, self.grid = cfg, method, strategy, grid
-        self.journal, self.progress = journal, progress
+        self.journal, self.progress, self.checkpointer = journal, progress, checkpointer
         self.global_accuracy: float | None = None
         self.diagnostics: dict[str, float | None] = {}
         self.round_started = time.perf_counter()
@@ -161,8 +165,19 @@ class RoundEnd:
                       f"{time.perf_counter() - self.round_started:5.2f}s  personal acc {mean_acc:.3f}  "
                       f"up {self.grid.bytes_up / MB:.3f} MB  down {self.grid.bytes_down / MB:.3f} MB"
                       + (f"  rejected {len(rejected)}: {problems}" if rejected else ""))
+        if self.checkpointer is not None:
+            self.checkpointer.round_done(self.method.name, server_round, dict(arrays.to_torch_state_dict()),
+                                         self.strategy.state_dict(), self.grid.bytes_up, self.grid.bytes_down,
+                                         self.global_accuracy, self.diagnostics)
         self.round_started = time.perf_counter()
         return result
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Continue after ``checkpoint``'s round: the strategy's state, the bytes counted so
+        far, the latest global accuracy and diagnostics."""
+        self.strategy.load_state_dict(checkpoint.strategy)
+        self.grid.bytes_up, self.grid.bytes_down = checkpoint.bytes_up, checkpoint.bytes_down
+        self.global_accuracy, self.diagnostics = checkpoint.global_accuracy, dict(checkpoint.diagnostics)
 
 
 def mask_diagnostics(strategy: PersonalizedStrategy) -> dict[str, float | None]:
@@ -180,8 +195,13 @@ def mask_diagnostics(strategy: PersonalizedStrategy) -> dict[str, float | None]:
 
 
 def run_method(cfg: ExperimentConfig, name: str, grid: Grid, recorder: Recorder, partition_of: dict[int, int],
-               progress: Callable[[str], None]) -> dict:
-    """Run ``cfg.rounds`` rounds of method ``name`` on ``grid``; return its summary row."""
+               progress: Callable[[str], None], checkpointer: Checkpointer | None = None,
+               resumed: Checkpoint | None = None) -> dict:
+    """Run ``cfg.rounds`` rounds of method ``name`` on ``grid``; return its summary row.
+
+    With ``checkpointer``, the run is checkpointed after every round; with ``resumed`` (a
+    checkpoint of this method), the method continues after the checkpoint's round.
+    """
     started = time.perf_counter()
     method = METHODS[name]
     model = initial_model(cfg, method.model)
@@ -190,16 +210,27 @@ def run_method(cfg: ExperimentConfig, name: str, grid: Grid, recorder: Recorder,
     training = {node: p for node, p in partition_of.items() if p not in new}
     strategy = make_strategy(cfg, name, model, training, recorder.write)
     counting = CountingGrid(grid, recorder.write, partition_of, counted=method.federated)
-    round_end = RoundEnd(cfg, method, strategy, counting, recorder.write, progress)
-    result = strategy.start(counting, initial, cfg.rounds, timeout=cfg.round_timeout, evaluate_fn=round_end)
-    final_arrays = result.arrays if len(result.arrays) else initial
+    round_end = RoundEnd(cfg, method, strategy, counting, recorder.write, progress, checkpointer)
+    if checkpointer is not None:
+        checkpointer.start_method(resumed)
+    done = 0
+    if resumed is not None:
+        round_end.restore(resumed)
+        initial, done = ArrayRecord(resumed.arrays), resumed.round
+    final_arrays = initial
+    if done < cfg.rounds:
+        shifted = RoundOffset(strategy, done)
+        result = shifted.start(counting, initial, cfg.rounds - done, timeout=cfg.round_timeout,
+                               evaluate_fn=shifted.evaluate_fn(round_end))
+        final_arrays = result.arrays if len(result.arrays) else initial
     final = dict(final_arrays.to_torch_state_dict())
     if new:
         newcomers = {node: p for node, p in partition_of.items() if p in new}
         replies = counting.send_and_receive(strategy.configure_onboard(cfg.rounds, final_arrays, newcomers),
                                             timeout=cfg.round_timeout)
         strategy.aggregate_onboard(cfg.rounds, replies)
-    row = summary_row(cfg, name, strategy, counting, round_end.global_accuracy, time.perf_counter() - started)
+    seconds = checkpointer.seconds if checkpointer is not None else time.perf_counter() - started
+    row = summary_row(cfg, name, strategy, counting, round_end.global_accuracy, seconds)
     row.update({key: round_end.diagnostics.get(key) for key in ("mask_jaccard", "initial_magnitude_overlap")})
     save_personal_models(recorder.out_dir / "models" / f"{name}.pt", final, strategy)
     structures = {p: strategy.personal_structure(p) for p in sorted(training.values())}

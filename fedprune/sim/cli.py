@@ -1,6 +1,7 @@
 """``fedprune`` command line.
 
 ``fedprune run [--config F | --preset NAME] [--set k=v ...] [--methods a,b] [--out DIR] [--no-report]``
+``fedprune run --resume RUN_DIR``
 ``fedprune report RUN_DIR [RUN_DIR ...] [--out DIR]``
 ``fedprune device RUN_DIR``
 """
@@ -50,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="override one setting, e.g. --set final_sparsity=0.9 (repeatable)")
     run.add_argument("--methods", help="comma-separated methods (default: the config's, "
                      f"{','.join(ExperimentConfig().methods)}): " + ", ".join(METHODS))
-    run.add_argument("--out", help="run folder (default: runs/run-YYYYmmdd-HHMMSS)")
+    run.add_argument("--out", help="run folder (default: runs/run-YYYYmmdd-HHMMSS); refused if it holds a run")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR after its last complete "
+                     "round, with its config (--config/--set may only repeat it)")
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     run.add_argument("--no-report", action="store_true",
                      help="do not write the figures and report.md into RUN_DIR/report/")
@@ -63,27 +66,45 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedprune.config import ConfigError, load_config
+    from fedprune.config import ConfigError
+    from fedprune.server.folder import FolderBusy, claim, holds_run
 
     overrides = list(args.overrides)
     if args.methods is not None:
         overrides.append(f"methods={args.methods!r}".replace("'", '"'))
-    cfg = load_config(args.config if args.preset is None else preset_path(args.preset), overrides)
-    out_dir = Path(args.out or f"runs/run-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (out_dir / "summary.json").exists():
-        raise ConfigError(f"--out: {out_dir} already holds a run; choose a new folder")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out: {out_dir} exists and is not a folder")
-    _check_writable(out_dir)
+    if args.resume is not None:
+        if args.out is not None:
+            raise ConfigError("--out: not with --resume (the run folder is RUN_DIR)")
+        out_dir = Path(args.resume)
+        cfg = _resumed_config(out_dir, args, overrides)
+    else:
+        cfg = _load(args, overrides)
+        out_dir = Path(args.out or f"runs/run-{time.strftime('%Y%m%d-%H%M%S')}")
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ConfigError(f"--out: {out_dir} exists and is not a folder")
+        if holds_run(out_dir):
+            raise ConfigError(f"--out: {out_dir} already holds a run; choose a new folder, or continue it with "
+                              f"--resume {out_dir}")
+        _check_writable(out_dir)
+    from fedprune.server.records import read_status
     from fedprune.sim.runner import simulate
 
     if cfg.prune_end_round > cfg.rounds and any(METHODS[m].pruner is not None for m in cfg.methods):
         print(f"fedprune: warning: prune_end_round ({cfg.prune_end_round}) is after the last round "
               f"({cfg.rounds}); gradual methods stop short of final_sparsity", file=sys.stderr)
-
-    print(f"fedprune: {', '.join(cfg.methods)} on {cfg.dataset}, {cfg.num_clients} clients, "
-          f"{cfg.rounds} rounds -> {out_dir}", flush=True)
-    simulate(cfg, out_dir, verbose=args.verbose)
+    try:
+        with claim(out_dir):
+            if args.resume is None and holds_run(out_dir):  # another run started here meanwhile
+                raise ConfigError(f"--out: {out_dir} already holds a run; choose a new folder")
+            if args.resume is not None and (read_status(out_dir) or {}).get("status") == "complete":
+                print(f"fedprune: {out_dir} is already complete; nothing to resume")
+                return 0
+            verb = "resuming" if args.resume is not None else "running"
+            print(f"fedprune: {verb} {', '.join(cfg.methods)} on {cfg.dataset}, {cfg.num_clients} clients, "
+                  f"{cfg.rounds} rounds -> {out_dir}", flush=True)
+            simulate(cfg, out_dir, verbose=args.verbose, resume=args.resume is not None)
+    except FolderBusy as error:
+        raise ConfigError(f"--{'resume' if args.resume is not None else 'out'}: {error}") from None
     print(f"\nrun folder: {out_dir}")
     if args.no_report:
         return 0
@@ -97,6 +118,36 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     print(f"report: {report}")
     return 0
+
+
+def _load(args: argparse.Namespace, overrides: list[str], base: dict | None = None) -> ExperimentConfig:
+    """The config of ``--config``/``--preset`` and ``overrides``, on top of ``base`` (if any)."""
+    from fedprune.config import load_config
+
+    return load_config(args.config if args.preset is None else preset_path(args.preset), overrides, base)
+
+
+def _resumed_config(run_dir: Path, args: argparse.Namespace, overrides: list[str]) -> ExperimentConfig:
+    """The config of the run in ``run_dir``; ``ConfigError`` naming the first field that
+    ``--config``/``--preset``/``--set``/``--methods`` would change."""
+    import json
+
+    from fedprune.config import ConfigError
+
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"--resume: {run_dir} holds no run (no config.json)")
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--resume: {path} is unreadable ({error})") from None
+    cfg = _load(args, overrides, stored)
+    changed = [key for key, value in cfg.to_dict().items() if stored.get(key) != value]
+    if changed:
+        key = changed[0]
+        raise ConfigError(f"--resume: {key} differs from the run's config ({stored.get(key)!r} -> "
+                          f"{cfg.to_dict()[key]!r}); a resumed run keeps its config")
+    return cfg
 
 
 def _check_writable(folder: Path) -> None:

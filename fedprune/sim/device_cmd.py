@@ -13,6 +13,7 @@ from fedprune.device.profiles import profile_threads, profiles_of
 from fedprune.methods import METHODS
 from fedprune.pruning.masks import mask_sparsity
 from fedprune.server.costs import personal_costs
+from fedprune.server.records import STATUS_FILE, describe
 
 COLUMNS = ("method", "client", "profile", "threads", "sparsity", "kFLOPs/ex", "latency ms",
            "speedup", "FLOP limit", "stored KB", "budget met")
@@ -20,6 +21,8 @@ COLUMNS = ("method", "client", "profile", "threads", "sparsity", "kFLOPs/ex", "l
 
 def device_rows(run_dir: Path) -> list[dict]:
     """One row per method and client: cost of its personal model, timed at its profile's threads."""
+    if not (run_dir / "summary.json").is_file() and (run_dir / STATUS_FILE).is_file():
+        raise ConfigError(describe(run_dir))
     for name in ("config.json", "models"):
         if not (run_dir / name).exists():
             raise ConfigError(f"RUN_DIR: {run_dir} has no {name}; give a folder written by `fedprune run`")

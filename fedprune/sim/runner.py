@@ -66,8 +66,10 @@ def _shutdown_ray() -> None:
         ray.shutdown()
 
 
-def simulate(cfg: ExperimentConfig, out_dir: Path, verbose: bool = False) -> list[dict]:
+def simulate(cfg: ExperimentConfig, out_dir: Path, verbose: bool = False, resume: bool = False) -> list[dict]:
     """Run every method of ``cfg`` with ``cfg.num_clients`` virtual clients; return summary rows.
+    ``resume``: continue the run in ``out_dir`` from its checkpoint. Clients keep their state
+    under ``client_state_dir`` (default ``out_dir/checkpoint/clients``).
 
     Raises ``RunInterrupted`` after Ctrl-C and ``RuntimeError`` (one line) if the run fails.
     """
@@ -75,14 +77,15 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, verbose: bool = False) -> lis
 
     from fedprune.clients.app import build_client_app
     from fedprune.server.app import build_server_app
+    from fedprune.server.checkpoint import FOLDER as CHECKPOINT_FOLDER
     from fedprune.server.interrupt import Interrupted
     from fedprune.server.records import read_status, write_status
     from fedprune.strategies.health import RunFailed
 
     random.seed(cfg.seed)
     progress = lambda line: print(line, file=sys.__stdout__, flush=True)  # noqa: E731
-    server_app = build_server_app(cfg, out_dir, progress)
-    client_app = build_client_app(cfg)
+    server_app = build_server_app(cfg, out_dir, progress, resume)
+    client_app = build_client_app(cfg, out_dir.resolve() / CHECKPOINT_FOLDER / "clients")
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": cfg.num_cpus_per_client, "num_gpus": 0.0},
         "init_args": {"logging_level": logging.INFO if verbose else logging.ERROR,

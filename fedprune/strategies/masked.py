@@ -44,6 +44,13 @@ class MaskedFedAvg(PersonalizedStrategy):
         return wire.pack(self.global_state, sent, mask if changed else None), ConfigRecord(
             {"encoding": "masked", "mask-digest": wire.mask_digest(mask)})
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "global_mask": self.global_mask}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.global_mask = state["global_mask"]
+
     def combine(self, decoded: list[Decoded]) -> dict[str, torch.Tensor]:
         if self.clip_norm:
             decoded = [(clip_update(self.global_state, values, sent, self.clip_norm), sent, weight)

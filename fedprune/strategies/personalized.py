@@ -21,6 +21,7 @@ masks that post-training clients chose for their personal models (never sent bac
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -215,6 +216,7 @@ class PersonalizedStrategy(Strategy):
                            grid: Grid) -> Iterable[Message]:
         """Personal evaluation on a seeded sample in evaluation rounds (every client in the last)."""
         if not self.evaluates_in(server_round):
+            self.asked["evaluate"] = set()  # nobody is asked, so nobody is missing
             return []
         fraction = 1.0 if server_round == self.num_rounds else self.fraction_evaluate
         nodes = self.sample(fraction)
@@ -391,6 +393,37 @@ class PersonalizedStrategy(Strategy):
     def combine(self, decoded: list[Decoded]) -> dict[str, torch.Tensor]:
         """The new global tensors from decoded replies (subclasses define the rule)."""
         raise NotImplementedError
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the strategy learned so far, in plain types and tensors (``torch.save``
+        with ``weights_only`` loads it): the sampling RNG, what it holds per client, the
+        reports, rejections, fault counts and round health. ``load_state_dict`` restores it."""
+        return {
+            "rng": self.rng.getstate(),
+            "client_masks": self.client_masks, "client_units": self.client_units, "post_units": self.post_units,
+            "known": sorted(self.known), "asked": {k: sorted(v) for k, v in self.asked.items()},
+            "planned": dict(self.planned),
+            "rejected": [dataclasses.astuple(r) for r in self.rejected],
+            "reports": dataclasses.asdict(self.reports),
+            "health": {"failing": self.health.failing, "failed_rounds": self.health.failed_rounds},
+            "faults_injected": dict(self.faults_injected), "faults_detected": dict(self.faults_detected),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (a ``state_dict`` of a strategy built with the same settings)."""
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.client_masks, self.client_units = dict(state["client_masks"]), dict(state["client_units"])
+        self.post_units = dict(state["post_units"])
+        self.known = set(state["known"])
+        self.asked = {k: set(v) for k, v in state["asked"].items()}
+        self.planned = dict(state["planned"])
+        self.rejected = [Rejection(*r) for r in state["rejected"]]
+        self.reports = ClientReports(**state["reports"])
+        self.health.failing, self.health.failed_rounds = state["health"]["failing"], state["health"]["failed_rounds"]
+        self.faults_injected = Counter(state["faults_injected"])
+        self.faults_detected = Counter(state["faults_detected"])
 
 
 def _finite(state: dict[str, torch.Tensor]) -> bool:
