@@ -90,8 +90,9 @@ NODE_PIDS=()
 for i in 0 1; do
   port_var=NODE${i}_PORT; port=${!port_var}
   isolation=subprocess; [ "$WARM" = 1 ] && isolation=process
-  flower-supernode --insecure --superlink "127.0.0.1:$LINK_PORT" --host 127.0.0.1 --port "$port" \
-    --isolation "$isolation" --node-config "partition-id=$i num-partitions=2" >"$WORK/supernode-$i.log" 2>&1 &
+  supernode=(flower-supernode); [ "$WARM" = 1 ] && supernode=(python -m fedprune.deploy.supernode)  # short idle poll
+  "${supernode[@]}" --insecure --superlink "127.0.0.1:$LINK_PORT" --host 127.0.0.1 --port "$port" \
+    --isolation "$isolation" --node-config "partition-id=$i num-partitions=2 client-state-dir='$OUT_DIR/nodes/node-$i'" >"$WORK/supernode-$i.log" 2>&1 &
   PIDS+=($!); NODE_PIDS+=($!)
   echo "deploy_local: SuperNode $i pid $! (Runtime API 127.0.0.1:$port, partition-id=$i)"
   if [ "$WARM" = 1 ]; then

@@ -156,3 +156,40 @@ def test_killed_supernode_is_reported_missing(tmp_path: Path) -> None:
     (row,) = json.loads((out / "summary.json").read_text())["methods"]
     assert row["evaluated_clients"] == 1 and row["personal_accuracy_mean"] == pytest.approx(final[0])
     assert row["rejected_replies"] == len(rejected)
+
+
+def test_object_pulls_retry_sooner_and_only_once_patched() -> None:
+    import functools
+
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.supernode import start_client_internal
+
+    from fedprune.deploy.polling import shorten_object_pulls
+
+    original = start_client_internal.pull_objects
+    try:
+        shorten_object_pulls(initial_s=0.03, cap_s=0.3)
+        patched = start_client_internal.pull_objects
+        assert isinstance(patched, functools.partial) and patched.func is inflatable_utils.pull_objects
+        assert patched.keywords == {"initial_backoff": 0.03, "backoff_cap": 0.3}
+        assert shorten_object_pulls() == []  # a second call changes nothing
+    finally:
+        start_client_internal.pull_objects = original
+
+
+def test_supernode_sleeps_are_capped(monkeypatch) -> None:
+    import time
+    import types
+
+    from fedprune.deploy.supernode import shorten_polls
+
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    module = types.ModuleType("loop")
+    module.time = time  # type: ignore[attr-defined]
+    assert shorten_polls(module, 0.1)
+    module.time.sleep(3)
+    module.time.sleep(0.05)
+    assert slept == [0.1, 0.05]
+    assert module.time.monotonic is time.monotonic  # everything else is the real module
+    assert not shorten_polls(module, 0.1)  # already replaced: nothing to patch

@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.supernode_pid is not None:
         start_parent_process_monitor(args.supernode_pid)
     import fedprune.clients.app  # noqa: F401  (torch and fedprune load now, not at the first message)
+    from fedprune.deploy.polling import shorten_object_pulls
+
+    shorten_object_pulls()
 
     try:
         Executor(args.runtime_api_address, args.poll_s).serve_forever()

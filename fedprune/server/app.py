@@ -17,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedprune.analysis import format_table
 from fedprune.config import ExperimentConfig, config_from_run_config
+from fedprune.deploy.polling import shorten_object_pulls
 from fedprune.server.checkpoint import Checkpoint, Checkpointer, load_checkpoint
 from fedprune.server.experiment import discover_partitions, run_method
 from fedprune.server.interrupt import Interrupted
@@ -87,6 +88,8 @@ def build_server_app(cfg: ExperimentConfig | None = None, out_dir: Path | None =
         except ValueError as error:  # one line in `flwr log`; the run ends "failed" (Flower: exit code 700)
             raise ValueError(f"fedprune: error: {str(error).splitlines()[0]}") from None
         folder = out_dir or Path(str(run_cfg.get("out-dir") or f"runs/flwr-{time.strftime('%Y%m%d-%H%M%S')}"))
+        if cfg is None:  # under `flwr run`: replies' content is pulled from the SuperLink
+            shorten_object_pulls()
         run_experiment(grid, settings, folder.resolve(), progress, resume)
 
     return app
