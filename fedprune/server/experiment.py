@@ -23,7 +23,7 @@ from torch import nn
 
 from fedprune import wire
 from fedprune.config import ExperimentConfig
-from fedprune.data.federation import clients_data, new_partitions, union_test_set
+from fedprune.data.federation import new_partitions, train_sizes, union_test_set
 from fedprune.device.profiles import profile_threads
 from fedprune.methods import METHODS, Method
 from fedprune.models.factory import initial_model, new_model, sharing
@@ -103,7 +103,7 @@ def make_strategy(cfg: ExperimentConfig, name: str, model: nn.Module, partition_
 def safeguards(cfg: ExperimentConfig) -> Safeguards:
     """What the server accepts from replies of ``cfg``'s clients: at most ``max_examples``
     examples (0: each client's own train part), bounded values, and the round-health rule."""
-    sizes = {p: cfg.max_examples or len(data.train_y) for p, data in enumerate(clients_data(cfg))}
+    sizes = {p: cfg.max_examples or size for p, size in train_sizes(cfg).items()}
     return Safeguards(sizes, cfg.max_abs_value, cfg.max_update_ratio, cfg.min_reply_fraction,
                       cfg.max_failed_rounds)
 
