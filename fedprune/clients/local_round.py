@@ -66,14 +66,18 @@ def train_epochs(model: nn.Module, cfg: ExperimentConfig, data: ClientData, mask
 
 
 def prune_step(pruner: Pruner, model: nn.Module, masks: Masks | None, units: Masks | None, data: PruneData,
-                profile: DeviceProfile | None, inputs: torch.Tensor) -> tuple[Masks | None, Masks | None]:
+                profile: DeviceProfile | None, inputs: torch.Tensor, last: int = 0
+                ) -> tuple[Masks | None, Masks | None]:
     """The personal mask (and unit masks) after this round's pruning step; unchanged when none is due.
 
+    ``last`` is the client's last pruning step: a client that missed pruning steps (partial
+    participation) catches up to the target of the latest one (``Pruner.due_at``).
     A client with a device profile aims at the sparsity its budget allows; at its final
     pruning step the sparsity rises until the personal model fits (structured pruners:
     the squeezed model; unstructured ones: its sparse storage, byte budgets only).
     """
-    target = pruner.sparsity_at(data.step)
+    due = pruner.due_at(data.step, last)
+    target = None if due is None else due[1]
     # A client with no mask yet and a target of 0 stays dense: no all-true mask on the wire.
     if target is None or not (masks or target > 0):
         return masks, units
@@ -137,7 +141,11 @@ def train_and_prune(model: nn.Module, masks: Masks | None, method: Method, cfg: 
         loss = train_epochs(model, cfg, data, masks, cfg.local_epochs, generator, after_backward=hook)
     if pruner is not None:
         prune_data = PruneData(data.train_x, data.train_y, partition, server_round, cfg.seed)
-        masks, units = prune_step(pruner, model, masks, units, prune_data, profile, inputs)
+        last = memory.pruned_step()
+        masks, units = prune_step(pruner, model, masks, units, prune_data, profile, inputs, last)
+        due = pruner.due_at(server_round, last)
+        if due is not None:
+            memory.save_pruned_step(due[0])
         memory.save_pruner_state(pruner.state())
     if units is not None:
         memory.save_units(units)

@@ -1,13 +1,16 @@
 """What a client keeps between rounds in ``Context.state`` (never sent anywhere).
 
 Per method: the personal mask (or unit masks), the personal model's own tensors (for
-personal layers and random partial updates) and the pruner's state (movement scores ...).
+personal layers and random partial updates), the pruner's state (movement scores ...) and
+the last pruning step the client took (for catch-up under partial participation).
 """
 
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+
+from fedprune import wire
 
 Tensors = dict[str, torch.Tensor]
 
@@ -56,3 +59,11 @@ class ClientMemory:
     def save_pruner_state(self, tensors: Tensors) -> None:
         if tensors:
             self._put("pruner-state", tensors)
+
+    def pruned_step(self) -> int:
+        """The last pruning step (round) this client took, 0 before its first."""
+        record = self.state.metric_records.get(f"{self.method}.pruned-step")
+        return 0 if record is None else wire.int_of(record, "step")
+
+    def save_pruned_step(self, step: int) -> None:
+        self.state[f"{self.method}.pruned-step"] = MetricRecord({"step": step})

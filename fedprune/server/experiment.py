@@ -233,9 +233,12 @@ def summary_row(cfg: ExperimentConfig, name: str, strategy: PersonalizedStrategy
     what the method does at evaluation), ``personal_accuracy_trained_*`` its model right
     after its local training in the final round. ``evaluated_clients`` and
     ``trained_clients`` count the clients behind each; ``*_val_*`` are the same on the
-    validation parts (None without them).
+    validation parts (None without them). ``participation_min/mean/max``: over the training
+    clients, how many rounds each took part in (its accepted train replies).
     """
     reports = strategy.reports
+    new = set(new_partitions(cfg))
+    rounds_in = [reports.participation[p] for p in sorted(set(strategy.partition_of.values()) - new)]
 
     def stat(metric: str, how: Callable[[list[float]], float]) -> float | None:
         values = list(reports.final.get(metric, {}).values())
@@ -254,7 +257,11 @@ def summary_row(cfg: ExperimentConfig, name: str, strategy: PersonalizedStrategy
         "personal_val_accuracy_mean": stat(wire.VAL_ACCURACY, statistics.fmean),
         "personal_val_accuracy_trained_mean": stat(wire.TRAINED_VAL_ACCURACY, statistics.fmean),
         "sgd_steps_mean": statistics.fmean(reports.steps.values()) if reports.steps else None,
-        "new_clients": len(new_partitions(cfg)),
+        "new_clients": len(new),
+        # rounds each training client took part in (accepted train replies; 0: never sampled)
+        "participation_min": min(rounds_in, default=0),
+        "participation_mean": statistics.fmean(rounds_in) if rounds_in else 0.0,
+        "participation_max": max(rounds_in, default=0),
         "new_client_accuracy_mean": statistics.fmean(reports.newcomers.values()) if reports.newcomers else None,
         "new_client_accuracy_min": min(reports.newcomers.values()) if reports.newcomers else None,
         "global_accuracy": global_acc,

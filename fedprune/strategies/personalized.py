@@ -99,6 +99,8 @@ class ClientReports:
     steps: dict[int, float] = field(default_factory=dict)
     final: dict[str, dict[int, float]] = field(default_factory=dict)
     newcomers: dict[int, float] = field(default_factory=dict)
+    #: accepted train replies per client (rounds it took part in)
+    participation: Counter[int] = field(default_factory=Counter)
 
     def keep_final(self, partition: int, metrics: dict[str, float], names: tuple[str, ...]) -> None:
         """Remember the final round's ``names`` among ``metrics``."""
@@ -303,6 +305,7 @@ class PersonalizedStrategy(Strategy):
                 self.faults_detected[kind] += 1
 
     def _note_train(self, partition: int, server_round: int, metrics: dict[str, float]) -> None:
+        self.reports.participation[partition] += 1
         self.reports.sparsity[partition] = metrics["sparsity"]
         self.reports.steps[partition] = metrics["sgd-steps"]
         met = None if metrics["budget-met"] < 0 else bool(metrics["budget-met"])
