@@ -208,6 +208,11 @@ class ExperimentConfig:
                                       bounds=at_least(0), section=FAULTS)
     # simulation
     num_cpus_per_client: float = setting(1.0, "Ray CPUs per virtual client", bounds=POSITIVE, section=SIMULATION)
+    num_gpus_per_client: float = setting(0.0, "Ray GPUs per virtual client (a fraction shares a GPU); above 0 "
+                                         "clients train on the GPU Ray gives them, when one is visible",
+                                         bounds=at_least(0), section=SIMULATION)
+    ray_address: str = setting("", "attach to this running Ray cluster (`auto`, `HOST:PORT` or `ray://HOST:PORT`) "
+                               "instead of starting a local one; the CLI's `--ray-address`", section=SIMULATION)
     pruner_options: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={"internal": True})
 
     def to_dict(self) -> dict[str, Any]:

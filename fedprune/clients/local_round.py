@@ -49,20 +49,39 @@ def schedule_for(cfg: ExperimentConfig, final: float) -> CubicSchedule:
                          cfg.prune_frequency)
 
 
+def training_device(cfg: ExperimentConfig, after_backward: BackwardHook | None = None) -> torch.device:
+    """Where local training runs: a GPU when the config gives clients one
+    (``num_gpus_per_client`` > 0; Ray then makes the client's GPU the visible one) and torch
+    sees it, else the CPU. Pruners that observe training (``after_backward``: movement,
+    taylor) keep their scores on the CPU, so they train there."""
+    if cfg.num_gpus_per_client > 0 and after_backward is None and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 def train_epochs(model: nn.Module, cfg: ExperimentConfig, data: ClientData, masks: Masks | None, epochs: int,
            generator: torch.Generator, after_backward: BackwardHook | None = None) -> float:
-    """Local epochs; with FedRep, head-only epochs first, then body-only epochs."""
-    def run(names: list[str], epochs: int) -> float:
-        return train_local(model, data.train_x, data.train_y, epochs=epochs, trainable=names,
-                           batch_size=cfg.batch_size, optimizer=cfg.optimizer, learning_rate=cfg.learning_rate,
-                           momentum=cfg.momentum, masks=masks, generator=generator, after_backward=after_backward)
-
+    """Local epochs; with FedRep, head-only epochs first, then body-only epochs. On the
+    ``training_device``; the model is back on the CPU afterwards."""
     shares = sharing(cfg, model)
     names = [name for name, _ in model.named_parameters() if name not in shares.frozen]
-    if cfg.fedrep_head_epochs == 0:
-        return run(names, epochs)
-    run([n for n in names if n in shares.personal], cfg.fedrep_head_epochs)
-    return run([n for n in names if n not in shares.personal], epochs)
+    device = training_device(cfg, after_backward)
+    x, y = data.train_x.to(device), data.train_y.to(device)
+    on_device = None if masks is None else {k: v.to(device) for k, v in masks.items()}
+    model.to(device)
+
+    def run(names: list[str], epochs: int) -> float:
+        return train_local(model, x, y, epochs=epochs, trainable=names,
+                           batch_size=cfg.batch_size, optimizer=cfg.optimizer, learning_rate=cfg.learning_rate,
+                           momentum=cfg.momentum, masks=on_device, generator=generator, after_backward=after_backward)
+
+    try:
+        if cfg.fedrep_head_epochs == 0:
+            return run(names, epochs)
+        run([n for n in names if n in shares.personal], cfg.fedrep_head_epochs)
+        return run([n for n in names if n not in shares.personal], epochs)
+    finally:
+        model.to("cpu")
 
 
 def prune_step(pruner: Pruner, model: nn.Module, masks: Masks | None, units: Masks | None, data: PruneData,

@@ -189,7 +189,7 @@ def run_method(cfg: ExperimentConfig, name: str, grid: Grid, recorder: Recorder,
     new = set(new_partitions(cfg))
     training = {node: p for node, p in partition_of.items() if p not in new}
     strategy = make_strategy(cfg, name, model, training, recorder.write)
-    counting = CountingGrid(grid, recorder.write, partition_of, counted=method.federated)
+    counting = CountingGrid(grid, recorder.write, partition_of, counted=method.federated, progress=progress)
     round_end = RoundEnd(cfg, method, strategy, counting, recorder.write, progress)
     result = strategy.start(counting, initial, cfg.rounds, timeout=cfg.round_timeout, evaluate_fn=round_end)
     final_arrays = result.arrays if len(result.arrays) else initial

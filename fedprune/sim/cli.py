@@ -1,6 +1,7 @@
 """``fedprune`` command line.
 
-``fedprune run [--config F | --preset NAME] [--set k=v ...] [--methods a,b] [--out DIR] [--no-report]``
+``fedprune run [--config F | --preset NAME] [--set k=v ...] [--methods a,b] [--out DIR] [--ray-address A]
+  [--no-report]``
 ``fedprune report RUN_DIR [RUN_DIR ...] [--out DIR]``
 ``fedprune device RUN_DIR``
 """
@@ -50,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", help="comma-separated methods (default fedavg,gmp): " + ", ".join(METHODS))
     run.add_argument("--out", help="run folder (default: runs/run-YYYYmmdd-HHMMSS)")
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    run.add_argument("--ray-address", help="attach to a running Ray cluster (e.g. 127.0.0.1:6379 or auto) "
+                     "instead of starting one; same as --set ray_address=...")
     run.add_argument("--no-report", action="store_true",
                      help="do not write the figures and report.md into RUN_DIR/report/")
     device = commands.add_parser("device", help="measure every client's personal model of a run")
@@ -66,6 +69,8 @@ def _run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.methods is not None:
         overrides.append(f"methods={args.methods!r}".replace("'", '"'))
+    if args.ray_address is not None:
+        overrides.append(f"ray_address={args.ray_address!r}".replace("'", '"'))
     cfg = load_config(args.config if args.preset is None else preset_path(args.preset), overrides)
     out_dir = Path(args.out or f"runs/run-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out_dir / "summary.json").exists():
