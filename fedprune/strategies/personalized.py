@@ -16,14 +16,15 @@ What personalized pruning adds to Flower's strategy:
 
 Subclasses define ``combine`` (the aggregation rule). ``client_masks`` holds the latest
 mask each client reported, ``client_units`` its unit masks, ``post_units`` the unit
-masks that post-training clients chose for their personal models (never sent back).
+masks that post-training clients chose for their personal models (never sent back); all
+three keep the masks bit-packed (``PackedMaskStore``: 1 bit per entry).
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO
 from typing import Any
@@ -37,7 +38,7 @@ from flwr.supercore import log
 from fedprune import partial, wire
 from fedprune.faults import HARMLESS, plan_faults
 from fedprune.partial import Sharing
-from fedprune.pruning.masks import Masks
+from fedprune.pruning.masks import Masks, PackedMaskStore
 from fedprune.strategies.health import RoundHealth
 from fedprune.strategies.replies import (
     RejectedReply,
@@ -136,9 +137,10 @@ class PersonalizedStrategy(Strategy):
         self.health = RoundHealth(method, self.safeguards.min_reply_fraction, self.safeguards.max_failed_rounds)
         # tensors that never travel (frozen on both sides): left out of every payload
         self.frozen: Masks = partial.nothing_of(template, self.sharing.frozen)
-        self.client_masks: dict[int, Masks] = {}
-        self.client_units: dict[int, Masks] = {}
-        self.post_units: dict[int, Masks] = {}
+        # bit-packed: 1 bit per entry and client (reading unpacks a copy)
+        self.client_masks: MutableMapping[int, Masks] = PackedMaskStore()
+        self.client_units: MutableMapping[int, Masks] = PackedMaskStore()
+        self.post_units: MutableMapping[int, Masks] = PackedMaskStore()
         self.known: set[int] = set()
         self.rejected: list[Rejection] = []
         self.reports = ClientReports()
