@@ -9,8 +9,10 @@ memory of the whole process tree (the CLI, Ray's processes and its workers, foun
 psutil) is summed every 0.5 s; ``peak_rss_mb`` is the largest sum.
 
 Columns: ``wall_s`` (the whole command: start-up, rounds, final evaluation of every client,
-costs), ``seconds_per_round`` (mean of the rounds' own times, from the progress lines),
-``peak_rss_mb``, ``sparsity`` and ``participation_mean`` from the summary.
+costs); from the rounds' own times (the progress lines): ``seconds_per_round`` (their
+median: a training round), ``mean_round_s`` (their mean) and ``last_round_s`` (the last
+round, which also asks every client for its personal accuracy); ``peak_rss_mb``;
+``sparsity`` and ``participation_mean`` from the summary.
 
 Usage::
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,17 +84,23 @@ def run_setting(clients: int, fraction: float, method: str, rounds: int, seed: i
         row = json.loads((out / "summary.json").read_text())["methods"][0]
     sampled = max(1, int(clients * fraction))
     return {"clients": clients, "sampled": sampled, "fraction": fraction, "method": method, "rounds": rounds,
-            "wall_s": wall, "seconds_per_round": sum(seconds) / len(seconds) if seconds else None,
+            "wall_s": wall, "seconds_per_round": statistics.median(seconds) if seconds else None,
+            "mean_round_s": statistics.fmean(seconds) if seconds else None,
+            "last_round_s": seconds[-1] if seconds else None,
             "peak_rss_mb": peak / 1e6, "sparsity": row["sparsity"], "participation_mean": row["participation_mean"]}
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = ["| clients | sampled / round | method | rounds | wall s | s / round | peak RSS MB | sparsity | "
-             "rounds per client |", "|" + "---|" * 9]
+    lines = ["| clients | sampled / round | method | rounds | wall s | s / round (median) | s / round (mean) | "
+             "last round s | peak RSS MB | sparsity | rounds per client |", "|" + "---|" * 11]
+
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
     for r in rows:
-        per_round = "-" if r["seconds_per_round"] is None else f"{r['seconds_per_round']:.2f}"
         lines.append(f"| {r['clients']} | {r['sampled']} ({r['fraction']:.0%}) | {r['method']} | {r['rounds']} | "
-                     f"{r['wall_s']:.0f} | {per_round} | {r['peak_rss_mb']:.0f} | {r['sparsity']:.3f} | "
+                     f"{r['wall_s']:.0f} | {seconds(r['seconds_per_round'])} | {seconds(r['mean_round_s'])} | "
+                     f"{seconds(r['last_round_s'])} | {r['peak_rss_mb']:.0f} | {r['sparsity']:.3f} | "
                      f"{r['participation_mean']:.2f} |")
     return "\n".join(lines)
 
