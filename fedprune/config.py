@@ -64,7 +64,9 @@ class ExperimentConfig:
     # data
     dataset: str = setting("digits", "`digits`: scikit-learn's 1,797 8x8 digit images (embedded, offline); "
                            "`text`: a text table at `data_path`; `amazon`: a folder of per-domain review "
-                           "folders at `data_path`", choices=DATASET_NAMES, section=DATA)
+                           "folders at `data_path`; `synthetic`: Synthetic(alpha, beta) of FedProx, generated "
+                           "per client for any number of clients (`partitioner` unused)",
+                           choices=DATASET_NAMES, section=DATA)
     partitioner: str = setting("dirichlet", "`iid`, `dirichlet` (label skew), `pathological` (k classes "
                                "per client) or `natural` (clients per Amazon domain); Flower Datasets "
                                "partitioners", choices=PARTITIONERS, section=DATA)
@@ -81,6 +83,16 @@ class ExperimentConfig:
     new_clients: int = setting(0, "hold this many partitions (the last ones) out of training: after the last "
                                "round each of these new clients makes its personal model from the final model "
                                "and is scored on its test part", bounds=at_least(0), section=DATA)
+    synthetic_alpha: float = setting(1.0, "`synthetic`: alpha, how much the clients' labelling models differ "
+                                     "(standard deviation of u_k)", bounds=at_least(0), section=DATA)
+    synthetic_beta: float = setting(1.0, "`synthetic`: beta, how much the clients' features differ (standard "
+                                    "deviation of B_k)", bounds=at_least(0), section=DATA)
+    synthetic_size_mu: float = setting(4.0, "`synthetic`: client k has min(synthetic_max_size, 50 + "
+                                       "floor(LogNormal(mu, sigma))) examples; this is mu", section=DATA)
+    synthetic_size_sigma: float = setting(2.0, "`synthetic`: sigma of that lognormal", bounds=at_least(0),
+                                          section=DATA)
+    synthetic_max_size: int = setting(1000, "`synthetic`: the most examples a client has", bounds=at_least(52),
+                                      section=DATA)
     # text data
     data_path: str = setting("", "`text`: a `.csv`/`.tsv`/`.jsonl`/`.parquet` file, a GLUE-style folder (its "
                              "`train.*` file) or a Hugging Face hub name; `amazon`: the domains folder",
@@ -199,6 +211,11 @@ class ExperimentConfig:
     client_state_dir: str = setting("", "folder where every client keeps its personal state (masks, own tensors, "
                                     "pruner state) after each round, for `--resume` (empty: the run folder's "
                                     "`checkpoint/clients`); one folder per run", section=SIMULATION)
+    num_gpus_per_client: float = setting(0.0, "Ray GPUs per virtual client (a fraction shares a GPU); above 0 "
+                                         "clients train on the GPU Ray gives them, when one is visible",
+                                         bounds=at_least(0), section=SIMULATION)
+    ray_address: str = setting("", "attach to this running Ray cluster (`auto`, `HOST:PORT` or `ray://HOST:PORT`) "
+                               "instead of starting a local one; the CLI's `--ray-address`", section=SIMULATION)
     pruner_options: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={"internal": True})
 
     def to_dict(self) -> dict[str, Any]:
@@ -309,15 +326,17 @@ def _check_consistency(cfg: ExperimentConfig, num_examples: int, domain_names: l
          f"prune_end_round: {cfg.prune_end_round} must be at least prune_start_round ({cfg.prune_start_round})")
     for name in ("mlp_widths", "cnn_channels"):
         need(len(getattr(cfg, name)) > 0, f"{name}: widths must be a non-empty list of positive integers")
-    need(cfg.num_clients <= num_examples,
+    need(info.generated or cfg.num_clients <= num_examples,
          f"num_clients: {cfg.num_clients} clients but dataset {cfg.dataset!r} has only {num_examples} examples")
-    need(2 * cfg.num_clients <= num_examples,
+    need(info.generated or 2 * cfg.num_clients <= num_examples,
          f"num_clients: {cfg.num_clients} clients need at least 2 examples each (local train and test); "
          f"dataset {cfg.dataset!r} has {num_examples}")
     family = family_named(cfg.model)
     readers = [f.name for f in FAMILIES if f.inputs == info.inputs]
     need(family.inputs == info.inputs,
          f"model: dataset {cfg.dataset!r} needs model = {' or '.join(readers)}, got {cfg.model!r}")
+    need(cfg.model != "cnn" or len(info.input_shape) == 3,
+         f"model: dataset {cfg.dataset!r} has flat features; use model = \"mlp\"")
     need(cfg.partitioner != "natural" or cfg.dataset == "amazon",
          "partitioner: 'natural' (one group of clients per domain) needs dataset = \"amazon\"")
     if cfg.new_client_domains:

@@ -32,9 +32,14 @@ from fedprune.training import accuracy, train_local
 
 def training_generator(cfg: ExperimentConfig, *parts: object) -> torch.Generator:
     """A seeded generator for the data order; torch's global RNG, which dropout draws from,
-    is seeded alike, so training does not depend on what the worker process ran before."""
+    is seeded alike, so training does not depend on what the worker process ran before.
+    (The CPU generator directly: ``torch.manual_seed`` also queues a seed for every
+    accelerator backend, recording a stack trace each time, ~2 ms per call on a CPU-only
+    machine; a CUDA generator is seeded only once CUDA is in use.)"""
     seed = derive_seed(cfg.seed, *parts)
-    torch.manual_seed(seed)
+    torch.random.default_generator.manual_seed(seed)
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 
@@ -49,31 +54,54 @@ def schedule_for(cfg: ExperimentConfig, final: float) -> CubicSchedule:
                          cfg.prune_frequency)
 
 
+def training_device(cfg: ExperimentConfig, after_backward: BackwardHook | None = None) -> torch.device:
+    """Where local training runs: a GPU when the config gives clients one
+    (``num_gpus_per_client`` > 0; Ray then makes the client's GPU the visible one) and torch
+    sees it, else the CPU. Pruners that observe training (``after_backward``: movement,
+    taylor) keep their scores on the CPU, so they train there."""
+    if cfg.num_gpus_per_client > 0 and after_backward is None and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 def train_epochs(model: nn.Module, cfg: ExperimentConfig, data: ClientData, masks: Masks | None, epochs: int,
            generator: torch.Generator, after_backward: BackwardHook | None = None) -> float:
-    """Local epochs; with FedRep, head-only epochs first, then body-only epochs."""
-    def run(names: list[str], epochs: int) -> float:
-        return train_local(model, data.train_x, data.train_y, epochs=epochs, trainable=names,
-                           batch_size=cfg.batch_size, optimizer=cfg.optimizer, learning_rate=cfg.learning_rate,
-                           momentum=cfg.momentum, masks=masks, generator=generator, after_backward=after_backward)
-
+    """Local epochs; with FedRep, head-only epochs first, then body-only epochs. On the
+    ``training_device``; the model is back on the CPU afterwards."""
     shares = sharing(cfg, model)
     names = [name for name, _ in model.named_parameters() if name not in shares.frozen]
-    if cfg.fedrep_head_epochs == 0:
-        return run(names, epochs)
-    run([n for n in names if n in shares.personal], cfg.fedrep_head_epochs)
-    return run([n for n in names if n not in shares.personal], epochs)
+    device = training_device(cfg, after_backward)
+    x, y = data.train_x.to(device), data.train_y.to(device)
+    on_device = None if masks is None else {k: v.to(device) for k, v in masks.items()}
+    model.to(device)
+
+    def run(names: list[str], epochs: int) -> float:
+        return train_local(model, x, y, epochs=epochs, trainable=names,
+                           batch_size=cfg.batch_size, optimizer=cfg.optimizer, learning_rate=cfg.learning_rate,
+                           momentum=cfg.momentum, masks=on_device, generator=generator, after_backward=after_backward)
+
+    try:
+        if cfg.fedrep_head_epochs == 0:
+            return run(names, epochs)
+        run([n for n in names if n in shares.personal], cfg.fedrep_head_epochs)
+        return run([n for n in names if n not in shares.personal], epochs)
+    finally:
+        model.to("cpu")
 
 
 def prune_step(pruner: Pruner, model: nn.Module, masks: Masks | None, units: Masks | None, data: PruneData,
-                profile: DeviceProfile | None, inputs: torch.Tensor) -> tuple[Masks | None, Masks | None]:
+                profile: DeviceProfile | None, inputs: torch.Tensor, last: int = 0
+                ) -> tuple[Masks | None, Masks | None]:
     """The personal mask (and unit masks) after this round's pruning step; unchanged when none is due.
 
+    ``last`` is the client's last pruning step: a client that missed pruning steps (partial
+    participation) catches up to the target of the latest one (``Pruner.due_at``).
     A client with a device profile aims at the sparsity its budget allows; at its final
     pruning step the sparsity rises until the personal model fits (structured pruners:
     the squeezed model; unstructured ones: its sparse storage, byte budgets only).
     """
-    target = pruner.sparsity_at(data.step)
+    due = pruner.due_at(data.step, last)
+    target = None if due is None else due[1]
     # A client with no mask yet and a target of 0 stays dense: no all-true mask on the wire.
     if target is None or not (masks or target > 0):
         return masks, units
@@ -137,7 +165,11 @@ def train_and_prune(model: nn.Module, masks: Masks | None, method: Method, cfg: 
         loss = train_epochs(model, cfg, data, masks, cfg.local_epochs, generator, after_backward=hook)
     if pruner is not None:
         prune_data = PruneData(data.train_x, data.train_y, partition, server_round, cfg.seed)
-        masks, units = prune_step(pruner, model, masks, units, prune_data, profile, inputs)
+        last = memory.pruned_step()
+        masks, units = prune_step(pruner, model, masks, units, prune_data, profile, inputs, last)
+        due = pruner.due_at(server_round, last)
+        if due is not None:
+            memory.save_pruned_step(due[0])
         memory.save_pruner_state(pruner.state())
     if units is not None:
         memory.save_units(units)

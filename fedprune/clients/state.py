@@ -1,15 +1,22 @@
 """What a client keeps between rounds in ``Context.state`` (never sent anywhere).
 
-Per method: the personal mask (or unit masks), the personal model's own tensors (for
-personal layers and random partial updates) and the pruner's state (movement scores ...).
+Per method: the personal mask (or unit masks; bit-packed, 1 bit per entry), the personal model's own tensors (for
+personal layers and random partial updates), the pruner's state (movement scores ...) and
+the last pruning step the client took (for catch-up under partial participation).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+from fedprune import wire
+from fedprune.pruning.masks import pack_masks, unpack_masks
 
 Tensors = dict[str, torch.Tensor]
+#: a packed mask is stored as NAME::bits (numpy.packbits, 1 bit per entry) and NAME::shape
+BITS, SHAPE = "::bits", "::shape"
 
 
 class ClientMemory:
@@ -26,21 +33,34 @@ class ClientMemory:
     def _put(self, what: str, tensors: Tensors) -> None:
         self.state[f"{self.method}.{what}"] = ArrayRecord(tensors)
 
+    def _get_packed(self, what: str) -> Tensors | None:
+        record = self.state.array_records.get(f"{self.method}.{what}")
+        if record is None:
+            return None
+        names = [key[: -len(BITS)] for key in record if key.endswith(BITS)]
+        return unpack_masks({name: (tuple(int(d) for d in record[name + SHAPE].numpy()),
+                                    record[name + BITS].numpy()) for name in names})
+
+    def _put_packed(self, what: str, masks: Tensors) -> None:
+        record = ArrayRecord()
+        for name, (shape, bits) in pack_masks(masks).items():
+            record[name + BITS] = Array(bits)
+            record[name + SHAPE] = Array(np.asarray(shape, dtype=np.int64))
+        self.state[f"{self.method}.{what}"] = record
+
     def mask(self) -> Tensors | None:
-        """The personal mask, or None before the client first prunes."""
-        masks = self._get("personal-mask")
-        return None if masks is None else {k: v.bool() for k, v in masks.items()}
+        """The personal mask, or None before the client first prunes (kept bit-packed)."""
+        return self._get_packed("personal-mask")
 
     def save_mask(self, masks: Tensors) -> None:
-        self._put("personal-mask", masks)
+        self._put_packed("personal-mask", masks)
 
     def units(self) -> Tensors | None:
-        """The personal unit masks of a structured method."""
-        units = self._get("personal-units")
-        return None if units is None else {k: v.bool() for k, v in units.items()}
+        """The personal unit masks of a structured method (kept bit-packed)."""
+        return self._get_packed("personal-units")
 
     def save_units(self, units: Tensors) -> None:
-        self._put("personal-units", units)
+        self._put_packed("personal-units", units)
 
     def model(self) -> Tensors | None:
         """The client's own full-size tensors after its last local training."""
@@ -56,3 +76,11 @@ class ClientMemory:
     def save_pruner_state(self, tensors: Tensors) -> None:
         if tensors:
             self._put("pruner-state", tensors)
+
+    def pruned_step(self) -> int:
+        """The last pruning step (round) this client took, 0 before its first."""
+        record = self.state.metric_records.get(f"{self.method}.pruned-step")
+        return 0 if record is None else wire.int_of(record, "step")
+
+    def save_pruned_step(self, step: int) -> None:
+        self.state[f"{self.method}.pruned-step"] = MetricRecord({"step": step})

@@ -6,7 +6,9 @@ One loader per dataset, registered in ``LOADERS`` (the config's ``dataset`` valu
 * ``text``: a local CSV/TSV/JSONL/Parquet file, a GLUE-style split folder (its ``train``
   file) or a Hugging Face hub name, at ``path`` (``fedprune.data.text``);
 * ``amazon``: a folder of per-domain review folders (its ``train.tsv`` files), with a
-  ``domain`` column for natural partitions.
+  ``domain`` column for natural partitions;
+* ``synthetic``: Synthetic(alpha, beta) of FedProx, generated per client
+  (``fedprune.data.synthetic``; the table is empty, ``DatasetInfo.generated`` is set).
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ FEATURES, TEXT = "features", "text"
 @dataclass(frozen=True)
 class DatasetInfo:
     """What a model needs to know about a dataset: ``inputs`` is ``features`` (fixed-size
-    tensors of ``input_shape``) or ``text`` (strings; ``input_shape`` is ())."""
+    tensors of ``input_shape``) or ``text`` (strings; ``input_shape`` is ()). ``generated``:
+    the clients' data are generated per client (naturally partitioned, any number of
+    clients); the loader's table is then empty."""
 
     input_shape: tuple[int, ...]
     num_classes: int
     inputs: str = FEATURES
+    generated: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,15 @@ def digits(source: DataSource) -> tuple[datasets.Dataset, DatasetInfo]:
         {"features": features.tolist(), "label": raw.target.astype(np.int64).tolist()}
     )
     return table, DatasetInfo(input_shape=(1, 8, 8), num_classes=10)
+
+
+def synthetic(source: DataSource) -> tuple[datasets.Dataset, DatasetInfo]:
+    """Synthetic(alpha, beta): no table, each client's data are generated when it is used
+    (``fedprune.data.federation.clients_data``); 60 features, 10 classes."""
+    from fedprune.data.synthetic import CLASSES, DIM
+
+    table = datasets.Dataset.from_dict({"features": [], "label": []})
+    return table, DatasetInfo(input_shape=(DIM,), num_classes=CLASSES, generated=True)
 
 
 def text_table(source: DataSource) -> tuple[datasets.Dataset, DatasetInfo]:
@@ -101,6 +115,7 @@ LOADERS: dict[str, Loader] = {
     "digits": digits,
     "text": text_table,
     "amazon": amazon_domains,
+    "synthetic": synthetic,
 }
 DATASET_NAMES = tuple(LOADERS)
 

@@ -1,13 +1,16 @@
 """The federation's data: every client's local train/test split, built from an ``ExperimentConfig``.
 
 Cached per process: a Ray worker that serves many clients loads and partitions the
-data once. Text is tokenized once for all clients (cached on disk, ``token_cache``) and
-packed into ``(rows, 2, tokens)`` tensors (``fedprune.models.text.pack_tokens``).
+data once. Generated datasets (``synthetic``) make each client's data when it is first
+used instead (``fedprune.data.synthetic.SyntheticClients``). Text is tokenized once for
+all clients (cached on disk, ``token_cache``) and packed into ``(rows, 2, tokens)``
+tensors (``fedprune.models.text.pack_tokens``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import torch
 from fedprune.config import ExperimentConfig, dataset_args
 from fedprune.data.datasets import TEXT, load_dataset
 from fedprune.data.partition import ClientData, client_data, client_split, make_partitioner
+from fedprune.data.synthetic import SyntheticClients, SyntheticSpec
 
 
 def _data_key(cfg: ExperimentConfig) -> tuple:
@@ -55,9 +59,32 @@ def _all_clients(key: tuple) -> tuple[ClientData, ...]:
     return tuple(ClientData(*pieces[3 * c], *pieces[3 * c + 1], *pieces[3 * c + 2]) for c in range(num_clients))
 
 
-def clients_data(cfg: ExperimentConfig) -> tuple[ClientData, ...]:
-    """Every client's local train/test split, indexed by partition id (text: packed token tensors)."""
+def synthetic_spec(cfg: ExperimentConfig) -> SyntheticSpec:
+    """The Synthetic(alpha, beta) generator's parameters in ``cfg``."""
+    return SyntheticSpec(cfg.synthetic_alpha, cfg.synthetic_beta, cfg.seed, cfg.synthetic_size_mu,
+                         cfg.synthetic_size_sigma, cfg.synthetic_max_size)
+
+
+@lru_cache(maxsize=4)
+def _generated(spec: SyntheticSpec, count: int, test_fraction: float, validation: float) -> SyntheticClients:
+    return SyntheticClients(spec, count, test_fraction, validation)
+
+
+def clients_data(cfg: ExperimentConfig) -> Sequence[ClientData]:
+    """Every client's local train/test split, indexed by partition id (text: packed token tensors;
+    ``synthetic``: generated when indexed)."""
+    if cfg.dataset == "synthetic":
+        return _generated(synthetic_spec(cfg), cfg.num_clients, cfg.test_fraction, cfg.validation_fraction)
     return _all_clients(_data_key(cfg))
+
+
+def train_sizes(cfg: ExperimentConfig) -> dict[int, int]:
+    """The size of every client's local train part, by partition id (``synthetic``: without
+    generating any client's data)."""
+    data = clients_data(cfg)
+    if isinstance(data, SyntheticClients):
+        return {p: data.train_size(p) for p in range(len(data))}
+    return {p: len(part.train_y) for p, part in enumerate(data)}
 
 
 def new_partitions(cfg: ExperimentConfig) -> list[int]:
@@ -72,9 +99,19 @@ def new_partitions(cfg: ExperimentConfig) -> list[int]:
     return list(range(cfg.num_clients - cfg.new_clients, cfg.num_clients))
 
 
+#: generated datasets: the global model is scored on the test parts of at most this many clients
+UNION_CLIENTS = 1000
+
+
 def union_test_set(cfg: ExperimentConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The union of the training clients' local test parts (for the global model's accuracy;
-    new clients are scored on their own)."""
+    new clients are scored on their own). For a generated dataset (``synthetic``), of the
+    first ``UNION_CLIENTS`` training clients only: memory stays bounded with any number of
+    clients."""
     new = set(new_partitions(cfg))
-    parts = [data for p, data in enumerate(clients_data(cfg)) if p not in new]
+    data = clients_data(cfg)
+    training = [p for p in range(len(data)) if p not in new]
+    if isinstance(data, SyntheticClients):
+        training = training[:UNION_CLIENTS]
+    parts = [data[p] for p in training]
     return torch.cat([p.test_x for p in parts]), torch.cat([p.test_y for p in parts])

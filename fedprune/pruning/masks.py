@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, MutableMapping
+
 import numpy as np
 import torch
 from torch import nn
@@ -56,3 +58,49 @@ def decode_bitmap(bits: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
         raise ValueError(f"bitmap of {bits.size} bytes does not fit a mask of shape {shape}")
     flat = np.unpackbits(bits, count=count).astype(bool)
     return torch.from_numpy(flat.reshape(shape))
+
+
+#: masks bit-packed: per name, the mask's shape and its ``encode_bitmap`` bytes
+PackedMasks = dict[str, tuple[tuple[int, ...], np.ndarray]]
+
+
+def pack_masks(masks: Masks) -> PackedMasks:
+    """``masks`` at 1 bit per entry (a torch bool tensor takes 1 byte per entry)."""
+    return {name: (tuple(mask.shape), encode_bitmap(mask)) for name, mask in masks.items()}
+
+
+def unpack_masks(packed: PackedMasks) -> Masks:
+    """Inverse of ``pack_masks``: boolean tensors."""
+    return {name: decode_bitmap(bits, shape) for name, (shape, bits) in packed.items()}
+
+
+def packed_bytes(packed: PackedMasks) -> int:
+    """Bytes the packed bits take (shapes aside)."""
+    return sum(bits.nbytes for _, bits in packed.values())
+
+
+class PackedMaskStore(MutableMapping[int, Masks]):
+    """A dict of masks by key (e.g. client) that keeps them bit-packed: storing packs, reading
+    unpacks a fresh copy. Memory per mask: one bit per entry."""
+
+    def __init__(self) -> None:
+        self._packed: dict[int, PackedMasks] = {}
+
+    def __getitem__(self, key: int) -> Masks:
+        return unpack_masks(self._packed[key])
+
+    def __setitem__(self, key: int, masks: Masks) -> None:
+        self._packed[key] = pack_masks(masks)
+
+    def __delitem__(self, key: int) -> None:
+        del self._packed[key]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._packed)
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def nbytes(self) -> int:
+        """Bytes of every stored mask's bits."""
+        return sum(packed_bytes(p) for p in self._packed.values())

@@ -102,6 +102,21 @@ class Pruner(ABC):
         """The sparsity to prune to at ``step``, or None where ``step`` is not a pruning step."""
         return self.schedule.sparsity(step) if self.schedule.prunes_at(step) else None
 
+    def due_at(self, step: int, last: int) -> tuple[int, float] | None:
+        """Catch-up for clients that do not take part in every step: the latest pruning step in
+        ``(last, step]`` and its sparsity (``sparsity_at``), where ``last`` is the client's last
+        pruning step (0: none yet); None when no pruning step was missed and none is due now.
+
+        A client taking part in every step prunes exactly at its pruning steps; one that missed
+        some (e.g. sampled first after the schedule's end) prunes straight to the target of the
+        latest one.
+        """
+        for candidate in range(step, max(last, 0), -1):
+            target = self.sparsity_at(candidate)
+            if target is not None:
+                return candidate, target
+        return None
+
     def observe(self, model: nn.Module, state: Tensors | None) -> BackwardHook | None:
         """Called with the model about to be trained and the state kept from the last step;
         may return a hook to run after every backward pass."""

@@ -42,15 +42,18 @@ def personal_costs(cfg: ExperimentConfig, variant: str, global_state: dict[str, 
         count = (threads or {}).get(partition, 1)
         if count not in dense_ms:
             dense_ms[count] = measure_latency(dense, inputs, threads=count, min_run_time=0.2).median_ms
-        key = (wire.mask_digest(masks), count)
+        units = client_units.get(partition)
+        model = personal_model(cfg, variant, global_state, masks, units)
+        # Timing and FLOPs depend on the model's shapes only: unstructured masks run dense, so
+        # every unsqueezed personal model is timed once, each squeezed structure once.
+        key = (wire.mask_digest(units) if units else 0, count)
         if key not in measured:
-            model = personal_model(cfg, variant, global_state, masks, client_units.get(partition))
             latency = measure_latency(model, inputs, threads=count, min_run_time=0.2).median_ms
             flops = flops_per_example(model, inputs, BATCH)
             measured[key] = {"latency_ms": latency, "flops": flops, "dense_latency_ms": dense_ms[count],
                              "speedup": dense_ms[count] / latency, "flop_limit": dense_flops / flops,
-                             "threads": count, "stored_bytes": stored_bytes(model, masks, client_units.get(partition))}
-        results[partition] = measured[key]
+                             "threads": count}
+        results[partition] = {**measured[key], "stored_bytes": stored_bytes(model, masks, units)}
     return results
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from fedprune import wire
 from fedprune.config import ExperimentConfig
-from fedprune.data.federation import clients_data, new_partitions, union_test_set
+from fedprune.data.federation import new_partitions, train_sizes, union_test_set
 from fedprune.device.profiles import profile_threads
 from fedprune.methods import METHODS, Method
 from fedprune.models.factory import initial_model, new_model, sharing
@@ -106,7 +106,7 @@ def make_strategy(cfg: ExperimentConfig, name: str, model: nn.Module, partition_
 def safeguards(cfg: ExperimentConfig) -> Safeguards:
     """What the server accepts from replies of ``cfg``'s clients: at most ``max_examples``
     examples (0: each client's own train part), bounded values, and the round-health rule."""
-    sizes = {p: cfg.max_examples or len(data.train_y) for p, data in enumerate(clients_data(cfg))}
+    sizes = {p: cfg.max_examples or size for p, size in train_sizes(cfg).items()}
     return Safeguards(sizes, cfg.max_abs_value, cfg.max_update_ratio, cfg.min_reply_fraction,
                       cfg.max_failed_rounds)
 
@@ -209,7 +209,7 @@ def run_method(cfg: ExperimentConfig, name: str, grid: Grid, recorder: Recorder,
     new = set(new_partitions(cfg))
     training = {node: p for node, p in partition_of.items() if p not in new}
     strategy = make_strategy(cfg, name, model, training, recorder.write)
-    counting = CountingGrid(grid, recorder.write, partition_of, counted=method.federated)
+    counting = CountingGrid(grid, recorder.write, partition_of, counted=method.federated, progress=progress)
     round_end = RoundEnd(cfg, method, strategy, counting, recorder.write, progress, checkpointer)
     if checkpointer is not None:
         checkpointer.start_method(resumed)
@@ -264,9 +264,12 @@ def summary_row(cfg: ExperimentConfig, name: str, strategy: PersonalizedStrategy
     what the method does at evaluation), ``personal_accuracy_trained_*`` its model right
     after its local training in the final round. ``evaluated_clients`` and
     ``trained_clients`` count the clients behind each; ``*_val_*`` are the same on the
-    validation parts (None without them).
+    validation parts (None without them). ``participation_min/mean/max``: over the training
+    clients, how many rounds each took part in (its accepted train replies).
     """
     reports = strategy.reports
+    new = set(new_partitions(cfg))
+    rounds_in = [reports.participation[p] for p in sorted(set(strategy.partition_of.values()) - new)]
 
     def stat(metric: str, how: Callable[[list[float]], float]) -> float | None:
         values = list(reports.final.get(metric, {}).values())
@@ -285,7 +288,11 @@ def summary_row(cfg: ExperimentConfig, name: str, strategy: PersonalizedStrategy
         "personal_val_accuracy_mean": stat(wire.VAL_ACCURACY, statistics.fmean),
         "personal_val_accuracy_trained_mean": stat(wire.TRAINED_VAL_ACCURACY, statistics.fmean),
         "sgd_steps_mean": statistics.fmean(reports.steps.values()) if reports.steps else None,
-        "new_clients": len(new_partitions(cfg)),
+        "new_clients": len(new),
+        # rounds each training client took part in (accepted train replies; 0: never sampled)
+        "participation_min": min(rounds_in, default=0),
+        "participation_mean": statistics.fmean(rounds_in) if rounds_in else 0.0,
+        "participation_max": max(rounds_in, default=0),
         "new_client_accuracy_mean": statistics.fmean(reports.newcomers.values()) if reports.newcomers else None,
         "new_client_accuracy_min": min(reports.newcomers.values()) if reports.newcomers else None,
         "global_accuracy": global_acc,

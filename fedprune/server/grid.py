@@ -22,6 +22,8 @@ from fedprune import wire
 from fedprune.server import interrupt
 
 PULL_INTERVAL_S = 0.1
+#: on a long exchange, a progress line (clients done / sampled) every this many seconds
+PROGRESS_EVERY_S = 10.0
 PHASES = {MessageType.TRAIN: "train", MessageType.EVALUATE: "evaluate", MessageType.QUERY: "setup"}
 
 
@@ -41,15 +43,18 @@ class CountingGrid(Grid):
     ``setup``, ``train``, ``evaluate`` or ``onboard``: a new client's final model).
 
     ``journal`` receives one record per client and exchange; ``partition_of`` maps node
-    ids to partition ids; ``counted`` False records 0 bytes (nothing would be sent).
+    ids to partition ids; ``counted`` False records 0 bytes (nothing would be sent);
+    ``progress``, if given, receives a line with the clients done / sampled every
+    ``PROGRESS_EVERY_S`` seconds of an exchange that lasts that long.
     """
 
     def __init__(self, grid: Grid, journal: Callable[..., None], partition_of: dict[int, int],
-                 counted: bool = True) -> None:
+                 counted: bool = True, progress: Callable[[str], None] | None = None) -> None:
         self.grid = grid
         self.journal = journal
         self.partition_of = partition_of
         self.counted = counted
+        self.progress = progress
         self.bytes_up = 0
         self.bytes_down = 0
 
@@ -63,14 +68,14 @@ class CountingGrid(Grid):
             return []
         size = wire.message_bytes if self.counted else (lambda _: 0)
         down = {m.metadata.dst_node_id: size(m) for m in messages}
-        replies = self._exchange(messages, timeout)
-        up = {r.metadata.src_node_id: size(r) for r in replies}
         config = messages[0].content.config_records.get("config")
         method = None if config is None else config.get("method")
         server_round = 0 if config is None else wire.int_of(config, "server-round")
         phase = PHASES.get(messages[0].metadata.message_type, messages[0].metadata.message_type)
         if config is not None and config.get("onboard", False):
             phase = "onboard"
+        replies = self._exchange(messages, timeout, "[" + str(method) + f"] round {server_round} {phase}")
+        up = {r.metadata.src_node_id: size(r) for r in replies}
         for node, sent in sorted(down.items(), key=lambda item: self.partition_of.get(item[0], -1)):
             self.journal(method=method, round=server_round, phase=phase, client=self.partition_of.get(node),
                          bytes_down=sent, bytes_up=up.get(node, 0))
@@ -78,21 +83,27 @@ class CountingGrid(Grid):
         self.bytes_up += sum(up.values())
         return replies
 
-    def _exchange(self, messages: list[Message], timeout: float | None) -> list[Message]:
+    def _exchange(self, messages: list[Message], timeout: float | None, label: str = "") -> list[Message]:
         """Push, then pull until every reply is in, ``timeout`` passes or a stop is requested
-        (Flower's ``send_and_receive`` loop, with the stop check)."""
+        (Flower's ``send_and_receive`` loop, with the stop check and progress lines)."""
         ids = list(self.grid.push_messages(messages))
         sent = dict(zip(ids, messages, strict=True))
         pending = set(ids)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        next_line = started + PROGRESS_EVERY_S
         replies: list[Message] = []
         while pending:
             interrupt.check()
             pulled = list(self.grid.pull_messages(pending))
             replies += [attributed(reply, sent) for reply in pulled]
             pending -= {m.metadata.reply_to_message_id for m in pulled}
-            if not pending or (deadline is not None and time.monotonic() >= deadline):
+            now = time.monotonic()
+            if not pending or (deadline is not None and now >= deadline):
                 break
+            if self.progress is not None and now >= next_line:
+                self.progress(f"  {label}: {len(replies)}/{len(messages)} clients done ({now - started:.0f}s)")
+                next_line = now + PROGRESS_EVERY_S
             time.sleep(PULL_INTERVAL_S)
         return replies
 

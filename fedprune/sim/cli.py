@@ -1,6 +1,7 @@
 """``fedprune`` command line.
 
-``fedprune run [--config F | --preset NAME] [--set k=v ...] [--methods a,b] [--out DIR] [--no-report]``
+``fedprune run [--config F | --preset NAME] [--set k=v ...] [--methods a,b] [--out DIR] [--ray-address A]
+  [--no-report]``
 ``fedprune run --resume RUN_DIR``
 ``fedprune report RUN_DIR [RUN_DIR ...] [--out DIR]``
 ``fedprune device RUN_DIR``
@@ -55,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR after its last complete "
                      "round, with its config (--config/--set may only repeat it)")
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    run.add_argument("--ray-address", help="attach to a running Ray cluster (e.g. 127.0.0.1:6379 or auto) "
+                     "instead of starting one; same as --set ray_address=...")
     run.add_argument("--no-report", action="store_true",
                      help="do not write the figures and report.md into RUN_DIR/report/")
     device = commands.add_parser("device", help="measure every client's personal model of a run")
@@ -72,6 +75,8 @@ def _run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.methods is not None:
         overrides.append(f"methods={args.methods!r}".replace("'", '"'))
+    if args.ray_address is not None:
+        overrides.append(f"ray_address={args.ray_address!r}".replace("'", '"'))
     if args.resume is not None:
         if args.out is not None:
             raise ConfigError("--out: not with --resume (the run folder is RUN_DIR)")
@@ -127,6 +132,9 @@ def _load(args: argparse.Namespace, overrides: list[str], base: dict | None = No
     return load_config(args.config if args.preset is None else preset_path(args.preset), overrides, base)
 
 
+WHERE_IT_RUNS = ("ray_address", "num_cpus_per_client")  # may change on --resume: same numbers
+
+
 def _resumed_config(run_dir: Path, args: argparse.Namespace, overrides: list[str]) -> ExperimentConfig:
     """The config of the run in ``run_dir``; ``ConfigError`` naming the first field that
     ``--config``/``--preset``/``--set``/``--methods`` would change."""
@@ -142,7 +150,8 @@ def _resumed_config(run_dir: Path, args: argparse.Namespace, overrides: list[str
     except (OSError, ValueError) as error:
         raise ConfigError(f"--resume: {path} is unreadable ({error})") from None
     cfg = _load(args, overrides, stored)
-    changed = [key for key, value in cfg.to_dict().items() if stored.get(key) != value]
+    changed = [key for key, value in cfg.to_dict().items()
+               if stored.get(key) != value and key not in WHERE_IT_RUNS]
     if changed:
         key = changed[0]
         raise ConfigError(f"--resume: {key} differs from the run's config ({stored.get(key)!r} -> "

@@ -66,6 +66,18 @@ def _shutdown_ray() -> None:
         ray.shutdown()
 
 
+def backend_config(cfg: ExperimentConfig, verbose: bool = False) -> dict[str, Any]:
+    """Flower's Ray backend settings for ``cfg``: each client's CPUs and GPUs, and ``ray.init``'s
+    arguments (``address`` attaches to the running cluster ``ray_address`` instead of starting
+    a local one; Flower's RayBackend passes ``init_args`` to ``ray.init`` as they are)."""
+    init_args: dict[str, Any] = {"logging_level": logging.INFO if verbose else logging.ERROR,
+                                 "log_to_driver": verbose, "include_dashboard": False}
+    if cfg.ray_address:
+        init_args["address"] = cfg.ray_address
+    return {"client_resources": {"num_cpus": cfg.num_cpus_per_client, "num_gpus": cfg.num_gpus_per_client},
+            "init_args": init_args}
+
+
 def simulate(cfg: ExperimentConfig, out_dir: Path, verbose: bool = False, resume: bool = False) -> list[dict]:
     """Run every method of ``cfg`` with ``cfg.num_clients`` virtual clients; return summary rows.
     ``resume``: continue the run in ``out_dir`` from its checkpoint. Clients keep their state
@@ -86,11 +98,6 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, verbose: bool = False, resume
     progress = lambda line: print(line, file=sys.__stdout__, flush=True)  # noqa: E731
     server_app = build_server_app(cfg, out_dir, progress, resume)
     client_app = build_client_app(cfg, out_dir.resolve() / CHECKPOINT_FOLDER / "clients")
-    backend_config: dict[str, Any] = {
-        "client_resources": {"num_cpus": cfg.num_cpus_per_client, "num_gpus": 0.0},
-        "init_args": {"logging_level": logging.INFO if verbose else logging.ERROR,
-                      "log_to_driver": verbose, "include_dashboard": False},
-    }
     if not verbose:
         _quiet_logging()
     buffer = io.StringIO()
@@ -98,7 +105,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, verbose: bool = False, resume
     try:
         with _stop_on_ctrl_c(), sink:
             run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.num_clients,
-                           backend_config=backend_config, verbose_logging=verbose)
+                           backend_config=backend_config(cfg, verbose), verbose_logging=verbose)
     except (Interrupted, KeyboardInterrupt):
         if out_dir.exists():
             write_status(out_dir, "interrupted", "stopped by the user (Ctrl-C)")

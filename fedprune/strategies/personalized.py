@@ -16,7 +16,8 @@ What personalized pruning adds to Flower's strategy:
 
 Subclasses define ``combine`` (the aggregation rule). ``client_masks`` holds the latest
 mask each client reported, ``client_units`` its unit masks, ``post_units`` the unit
-masks that post-training clients chose for their personal models (never sent back).
+masks that post-training clients chose for their personal models (never sent back); all
+three keep the masks bit-packed (``PackedMaskStore``: 1 bit per entry).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO
 from typing import Any
@@ -38,7 +39,7 @@ from flwr.supercore import log
 from fedprune import partial, wire
 from fedprune.faults import HARMLESS, plan_faults
 from fedprune.partial import Sharing
-from fedprune.pruning.masks import Masks
+from fedprune.pruning.masks import Masks, PackedMaskStore
 from fedprune.strategies.health import RoundHealth
 from fedprune.strategies.replies import (
     RejectedReply,
@@ -100,6 +101,8 @@ class ClientReports:
     steps: dict[int, float] = field(default_factory=dict)
     final: dict[str, dict[int, float]] = field(default_factory=dict)
     newcomers: dict[int, float] = field(default_factory=dict)
+    #: accepted train replies per client (rounds it took part in)
+    participation: Counter[int] = field(default_factory=Counter)
 
     def keep_final(self, partition: int, metrics: dict[str, float], names: tuple[str, ...]) -> None:
         """Remember the final round's ``names`` among ``metrics``."""
@@ -135,9 +138,10 @@ class PersonalizedStrategy(Strategy):
         self.health = RoundHealth(method, self.safeguards.min_reply_fraction, self.safeguards.max_failed_rounds)
         # tensors that never travel (frozen on both sides): left out of every payload
         self.frozen: Masks = partial.nothing_of(template, self.sharing.frozen)
-        self.client_masks: dict[int, Masks] = {}
-        self.client_units: dict[int, Masks] = {}
-        self.post_units: dict[int, Masks] = {}
+        # bit-packed: 1 bit per entry and client (reading unpacks a copy)
+        self.client_masks: MutableMapping[int, Masks] = PackedMaskStore()
+        self.client_units: MutableMapping[int, Masks] = PackedMaskStore()
+        self.post_units: MutableMapping[int, Masks] = PackedMaskStore()
         self.known: set[int] = set()
         self.rejected: list[Rejection] = []
         self.reports = ClientReports()
@@ -305,6 +309,7 @@ class PersonalizedStrategy(Strategy):
                 self.faults_detected[kind] += 1
 
     def _note_train(self, partition: int, server_round: int, metrics: dict[str, float]) -> None:
+        self.reports.participation[partition] += 1
         self.reports.sparsity[partition] = metrics["sparsity"]
         self.reports.steps[partition] = metrics["sgd-steps"]
         met = None if metrics["budget-met"] < 0 else bool(metrics["budget-met"])
