@@ -406,11 +406,13 @@ class PersonalizedStrategy(Strategy):
         reports, rejections, fault counts and round health. ``load_state_dict`` restores it."""
         return {
             "rng": self.rng.getstate(),
-            "client_masks": self.client_masks, "client_units": self.client_units, "post_units": self.post_units,
+            "client_masks": dict(self.client_masks), "client_units": dict(self.client_units),
+            "post_units": dict(self.post_units),
             "known": sorted(self.known), "asked": {k: sorted(v) for k, v in self.asked.items()},
             "planned": dict(self.planned),
             "rejected": [dataclasses.astuple(r) for r in self.rejected],
-            "reports": dataclasses.asdict(self.reports),
+            # not dataclasses.asdict: it rebuilds a Counter from (key, count) pairs, counting the pairs
+            "reports": {f.name: dict(getattr(self.reports, f.name)) for f in dataclasses.fields(self.reports)},
             "health": {"failing": self.health.failing, "failed_rounds": self.health.failed_rounds},
             "faults_injected": dict(self.faults_injected), "faults_detected": dict(self.faults_detected),
         }
@@ -419,13 +421,16 @@ class PersonalizedStrategy(Strategy):
         """Continue from ``state`` (a ``state_dict`` of a strategy built with the same settings)."""
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
-        self.client_masks, self.client_units = dict(state["client_masks"]), dict(state["client_units"])
-        self.post_units = dict(state["post_units"])
+        for store, key in ((self.client_masks, "client_masks"), (self.client_units, "client_units"),
+                           (self.post_units, "post_units")):
+            store.clear()
+            store.update(state[key])
         self.known = set(state["known"])
         self.asked = {k: set(v) for k, v in state["asked"].items()}
         self.planned = dict(state["planned"])
         self.rejected = [Rejection(*r) for r in state["rejected"]]
         self.reports = ClientReports(**state["reports"])
+        self.reports.participation = Counter(self.reports.participation)
         self.health.failing, self.health.failed_rounds = state["health"]["failing"], state["health"]["failed_rounds"]
         self.faults_injected = Counter(state["faults_injected"])
         self.faults_detected = Counter(state["faults_detected"])
