@@ -297,6 +297,12 @@ def format_table(rows: list[dict], titles: list[str], min_run_time: float, repea
             "cost while the matmul FLOPs shrink by flop_limit (Amdahl). That fixed part, counted as 0 "
             "FLOPs, weighs most at high sparsity; small squeezed matmuls (1 head, narrow FFN) also run "
             "below peak GEMM efficiency.")
+    if any(row["model"] in WIDTH_MODELS for row in missed):
+        lines.append(
+            "bert-width misses: the width shrinks too, so what remains outside flop_limit is mostly "
+            "attention itself (scaled_dot_product_attention, not counted as FLOPs, scales with the kept "
+            "heads, not with 1 - sparsity), per-call LayerNorm/GELU overhead, and small GEMMs "
+            "that run below peak (see docs/results/device-speedup.md for a profile).")
     if any(row["model"] == "mlp" and not is_noisy(row) for row in missed):
         lines.append(
             "MLP misses: at high sparsity the squeezed matmuls are small, so per-layer overhead "

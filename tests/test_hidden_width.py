@@ -89,6 +89,17 @@ def test_squeezed_equals_masked_with_the_width_pruned(kind: str, sparsity: float
     assert torch.allclose(got, expected, atol=1e-5), float((got - expected).abs().max())
 
 
+@pytest.mark.parametrize("allocation", ["global", "kind"])
+def test_other_allocations_keep_the_width_count_and_meet_the_budget(allocation: str) -> None:
+    model = tiny_bert()
+    units = pruner("mi", mi_allocation=allocation).prune(model, None, 0.7, prune_data())
+    assert int(units[HIDDEN_GROUP].sum()) == width_by_hand(0.7)
+    assert unit_sparsity(model, unit_groups(model), units) == pytest.approx(0.7, abs=0.04)
+    with torch.no_grad():
+        inputs = tokens(5, 3)
+        assert torch.allclose(squeeze(model, units)(inputs), masked(model, units)(inputs), atol=1e-5)
+
+
 def test_masked_layernorm_is_not_a_full_layernorm_with_zeros() -> None:
     """Why the twin needs KeptLayerNorm: zeros in the pruned dims change mean and variance."""
     norm = torch.nn.LayerNorm(4)
