@@ -292,7 +292,7 @@ def format_table(rows: list[dict], titles: list[str], min_run_time: float, repea
                      f"ratio {row['ratio_to_limit']:.2f}, {cause}.")
     if any(row["model"] == "bert" for row in missed):
         lines.append(
-            "bert misses: only heads and FFN neurons are pruned; the residual width (hidden "
+            "BERT misses: only heads and FFN neurons are pruned; the residual width (hidden "
             f"{BERT['hidden']}) is not, so the embeddings and every LayerNorm and residual add keep their full "
             "cost while the matmul FLOPs shrink by flop_limit (Amdahl). That fixed part, counted as 0 "
             "FLOPs, weighs most at high sparsity; small squeezed matmuls (1 head, narrow FFN) also run "
