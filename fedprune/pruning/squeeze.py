@@ -38,10 +38,11 @@ class KeptLayerNorm(nn.LayerNorm):
     kept: torch.Tensor
 
     def __init__(self, norm: nn.LayerNorm, kept: torch.Tensor) -> None:
+        like = next(norm.parameters(), kept)  # a LayerNorm without affine parameters has none
         super().__init__(norm.normalized_shape, norm.eps, norm.elementwise_affine, norm.bias is not None,
-                         device=norm.weight.device, dtype=norm.weight.dtype)
+                         device=like.device, dtype=like.dtype if like.is_floating_point() else None)
         self.load_state_dict(norm.state_dict())
-        self.register_buffer("kept", kept.nonzero().flatten().to(norm.weight.device), persistent=False)
+        self.register_buffer("kept", kept.nonzero().flatten().to(like.device), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         index = self.kept
