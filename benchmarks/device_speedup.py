@@ -8,10 +8,15 @@ initialised model are timed with ``fedprune.device.measure_latency``:
   sparsity over the same weights, applied to a copy of the dense model. The zeros go
   through the same dense kernels, so this shows the speedup unstructured masks give on a
   CPU without sparse kernels: none.
-* ``squeezed``: structured selection (``select_units`` with ``L1Selector``, uniform allocation)
-  then ``squeeze()``: a smaller dense model. L1 is used because MI scores need data; at
+* ``squeezed``: structured selection (``L1StructuredPruner``, uniform allocation) then
+  ``squeeze()``: a smaller dense model. L1 is used because MI scores need data; at
   equal per-group counts (uniform allocation) the selection method does not change the
   squeezed shapes, hence not the latency.
+
+Models: ``mlp``; ``bert``, the MiniLM-shaped BERT with heads and FFN neurons pruned and the
+residual width (384) whole; ``bert-width``, the same model with ``prune_hidden``: the width
+keeps ``(1 - s) ** hidden_keep_exponent`` of its dims (default 0.33) and heads and FFN
+neurons the rest of the budget, so embeddings, LayerNorms and residual adds shrink too.
 
 Sparsity is the fraction of the prunable weights removed: the weights the unit groups
 own (``fedprune.models.structure.weight_names``). ``flop_limit`` is
@@ -50,10 +55,14 @@ from torch import nn
 from fedprune.device import flops_per_example, measure_latency
 from fedprune.models import MLP
 from fedprune.models.structure import unit_groups, weight_names
-from fedprune.pruning import L1Selector, apply_masks, magnitude_masks, mask_sparsity, masked, select_units, squeeze
+from fedprune.pruning import apply_masks, magnitude_masks, mask_sparsity, masked, squeeze
+from fedprune.pruning.pruner import PruneData
+from fedprune.pruning.schedule import CubicSchedule
 from fedprune.pruning.structured import unit_sparsity
+from fedprune.pruning.units import L1StructuredPruner
 
-MODELS = ("mlp", "bert")
+MODELS = ("mlp", "bert", "bert-width")
+WIDTH_MODELS = ("bert-width",)  # structured pruning with prune_hidden
 SPARSITIES = (0.5, 0.7, 0.9)
 TARGET_RATIO = 0.8
 NOISE_BAND = 1.15  # masked runs the dense kernels: masked_x outside [1/1.15, 1.15] is noise
@@ -85,7 +94,7 @@ def build_mlp(seed: int) -> Workload:
                     f"MLP {MLP_IN} -> [{widths}] -> {MLP_CLASSES}, batch {MLP_BATCH}")
 
 
-def build_bert(seed: int) -> Workload:
+def build_bert(seed: int, name: str = "bert") -> Workload:
     from transformers import BertConfig, BertForSequenceClassification
 
     config = BertConfig(
@@ -99,13 +108,21 @@ def build_bert(seed: int) -> Workload:
     ids = torch.randint(0, BERT["vocab"], (BERT["batch"], BERT["tokens"]), generator=generator)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     attention = getattr(model.config, "_attn_implementation", "?")
-    title = (f"BERT (MiniLM shape: {BERT['layers']} layers, hidden {BERT['hidden']}, "
+    pruned = "heads, FFN neurons and the residual width" if name in WIDTH_MODELS else "heads and FFN neurons"
+    title = (f"{name}: BERT (MiniLM shape: {BERT['layers']} layers, hidden {BERT['hidden']}, "
              f"{BERT['heads']} heads, FFN {BERT['intermediate']}, random init, {attention} attention), "
-             f"batch {BERT['batch']} x {BERT['tokens']} tokens")
-    return Workload("bert", model, inputs, BERT["batch"], title)
+             f"batch {BERT['batch']} x {BERT['tokens']} tokens; {pruned} pruned")
+    return Workload(name, model, inputs, BERT["batch"], title)
 
 
-BUILDERS = {"mlp": build_mlp, "bert": build_bert}
+BUILDERS = {"mlp": build_mlp, "bert": build_bert, "bert-width": lambda seed: build_bert(seed, "bert-width")}
+
+
+def structured_units(model: nn.Module, sparsity: float, width: bool) -> dict[str, torch.Tensor]:
+    """Unit masks of ``L1StructuredPruner`` (uniform allocation) at ``sparsity``; ``width``:
+    with ``prune_hidden``."""
+    pruner = L1StructuredPruner(CubicSchedule(0.0, sparsity, 1, 1), {"prune_hidden": width})
+    return pruner.prune(model, None, sparsity, PruneData(torch.empty(0), torch.empty(0)))
 
 
 def unstructured_copy(model: nn.Module, names: list[str], sparsity: float) -> tuple[nn.Module, float]:
@@ -164,15 +181,16 @@ def run(models: Sequence[str], sparsities: Sequence[float], threads: Sequence[in
         log(f"[{name}] {work.title}")
         groups = unit_groups(work.model)
         names = weight_names(work.model, groups)
+        width = name in WIDTH_MODELS
         dense_flops = flops_per_example(work.model, work.inputs, work.batch)
         for sparsity in sparsities:
-            unit_masks = select_units(work.model, L1Selector(), sparsity, groups=groups)
+            unit_masks = structured_units(work.model, sparsity, width)
             small = squeeze(work.model, unit_masks, groups).eval()
             achieved = unit_sparsity(work.model, groups, unit_masks)
             squeezed_flops = flops_per_example(small, work.inputs, work.batch)
             error = max_abs_diff(small, masked(work.model, unit_masks, groups), work.inputs)
             masked_model, masked_sparsity = unstructured_copy(work.model, names, sparsity)
-            kept = {group.name: int(unit_masks[group.name].sum()) for group in groups}
+            kept = {group.name: int(unit_masks[group.name].sum()) for group in groups if group.name in unit_masks}
             log(f"[{name}] sparsity {sparsity}: structured {achieved:.3f}, unstructured "
                 f"{masked_sparsity:.3f}, squeeze-vs-masked max |diff| {error:.2e}")
             variants = {"dense": work.model, "masked": masked_model, "squeezed": small}
@@ -252,8 +270,8 @@ def format_table(rows: list[dict], titles: list[str], min_run_time: float, repea
         "struct_sp = achieved structured sparsity (integer unit counts).",
         "masked = unstructured per-layer magnitude masks at the same sparsity on the dense model: "
         "same dense kernels, so it brings no speedup (masked_x ~ 1).",
-        "squeezed = select_units(L1Selector(), uniform allocation) + squeeze(). L1 needs no data "
-        "(MI scores would); at equal per-group counts the method does not change the shapes.",
+        "squeezed = L1StructuredPruner (uniform allocation; bert-width with prune_hidden) + squeeze(). "
+        "L1 needs no data (MI scores would); at equal per-group counts the method does not change the shapes.",
         "flop_limit = FLOPs(dense) / FLOPs(squeezed) by FlopCounterMode, which counts matmuls only "
         "(Linear layers; CPU scaled_dot_product_attention is not counted); embeddings, LayerNorm, "
         "GELU, softmax and residual adds count 0.",
@@ -279,6 +297,12 @@ def format_table(rows: list[dict], titles: list[str], min_run_time: float, repea
             "cost while the matmul FLOPs shrink by flop_limit (Amdahl). That fixed part, counted as 0 "
             "FLOPs, weighs most at high sparsity; small squeezed matmuls (1 head, narrow FFN) also run "
             "below peak GEMM efficiency.")
+    if any(row["model"] in WIDTH_MODELS for row in missed):
+        lines.append(
+            "bert-width misses: the width shrinks too, so what remains outside flop_limit is mostly "
+            "attention itself (scaled_dot_product_attention, not counted as FLOPs, scales with the kept "
+            "heads, not with 1 - sparsity), per-call LayerNorm/GELU overhead, and small GEMMs "
+            "that run below peak (see docs/results/device-speedup.md for a profile).")
     if any(row["model"] == "mlp" and not is_noisy(row) for row in missed):
         lines.append(
             "MLP misses: at high sparsity the squeezed matmuls are small, so per-layer overhead "
@@ -292,7 +316,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print only a JSON list of rows on stdout")
     parser.add_argument("--quick", action="store_true",
                         help="MLP only, sparsity 0.5, 1 thread, short min_run_time, 1 round (for tests)")
-    parser.add_argument("--models", default="mlp,bert", help="comma list of: " + ", ".join(MODELS))
+    parser.add_argument("--models", default=",".join(MODELS), help="comma list of: " + ", ".join(MODELS))
     parser.add_argument("--min-run-time", type=float, default=None,
                         help="seconds per blocked_autorange (default 0.3; 0.05 with --quick)")
     parser.add_argument("--repeats", type=int, default=None,

@@ -358,6 +358,8 @@ def _check_consistency(cfg: ExperimentConfig, num_examples: int, domain_names: l
             raise ConfigError(str(error)) from None
     need(not cfg.freeze_embeddings or family.inputs == TEXT,
          "freeze_embeddings: only transformer models have embeddings; set model = \"transformer\"")
+    need(not cfg.option("prune_hidden") or family.inputs == TEXT,
+         "prune_hidden: only transformer models have a residual width; set model = \"transformer\"")
     shrunk = [m for m in cfg.methods if METHODS[m].model == "small-dense"]
     need(not (shrunk and family.widths(cfg) is None),
          f"methods: {', '.join(shrunk)} is not available for {cfg.model} models; allowed there: "

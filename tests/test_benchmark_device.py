@@ -88,7 +88,10 @@ def test_table_output_and_options(bench, capsys) -> None:
     text = bench.format_table(rows + [noisy], ["BERT test"], 0.5, 3, (0.0, 0.0))
     assert "MISS\n" in text and "ok*" in text and "BERT misses" in text and "met in 1/2 rows" in text
     assert bench.is_noisy(noisy) and not bench.is_noisy(rows[0])
-    assert "L1Selector" in text and "FlopCounterMode" in text
+    assert "L1StructuredPruner" in text and "FlopCounterMode" in text
+    width = dict(rows[0], model="bert-width")
+    assert "bert-width misses" in bench.format_table([width], ["BERT test"], 0.5, 3, (0.0, 0.0))
+    assert bench.parse_args([]).models == ["mlp", "bert", "bert-width"]
     with pytest.raises(SystemExit):
         bench.parse_args(["--models", "resnet"])
     args = bench.parse_args(["--models", "mlp,bert", "--min-run-time", "0.2"])

@@ -74,7 +74,15 @@ def test_groups_of_each_family() -> None:
     prefix = "bert.encoder.layer"
     assert [(g.name, g.size) for g in unit_groups(bert)] == [
         (f"{prefix}.0.heads", 4), (f"{prefix}.0.ffn", 64), (f"{prefix}.1.heads", 4), (f"{prefix}.1.ffn", 64),
+        ("bert.hidden", 32),
     ]
+    # the residual width: 3 embeddings + 5 LayerNorms (x2) + per layer q/k/v, attention output (x2),
+    # FFN in, FFN out (x2), + the pooler input; only the encoder's Linear weights are counted
+    hidden = unit_groups(bert)[-1]
+    assert len(hidden.slices) == 3 + 5 * 2 + 2 * 8 + 1
+    assert {s.param for s in hidden.slices if not s.counted} == {
+        "bert.embeddings.word_embeddings.weight", "bert.embeddings.position_embeddings.weight",
+        "bert.embeddings.token_type_embeddings.weight", "bert.pooler.dense.weight"}
     # the last conv owns blocks of H*W = 2*2 fc columns
     last_conv = unit_groups(cnn)[1]
     assert [(s.param, s.dim, s.block) for s in last_conv.slices][-1] == ("fc.weight", 1, 4)
@@ -153,17 +161,26 @@ def test_squeezed_shapes() -> None:
 
     bert = _bert()
     masks = _random_masks(unit_groups(bert), 0.5, 2)
+    width = int(masks["bert.hidden"].sum())
+    assert width < 32
     small = squeeze(bert, masks)
     for index in range(2):
         heads = int(masks[f"bert.encoder.layer.{index}.heads"].sum())
         ffn = int(masks[f"bert.encoder.layer.{index}.ffn"].sum())
         layer = small.bert.encoder.layer[index]
         for proj in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value):
-            assert proj.weight.shape == (heads * 8, 32) and proj.bias.shape == (heads * 8,)
-        assert layer.attention.output.dense.weight.shape == (32, heads * 8)
+            assert proj.weight.shape == (heads * 8, width) and proj.bias.shape == (heads * 8,)
+        assert layer.attention.output.dense.weight.shape == (width, heads * 8)
         assert layer.attention.self.num_attention_heads == heads
-        assert layer.intermediate.dense.weight.shape == (ffn, 32)
-        assert layer.output.dense.weight.shape == (32, ffn)
+        assert layer.intermediate.dense.weight.shape == (ffn, width)
+        assert layer.output.dense.weight.shape == (width, ffn)
+        for norm in (layer.attention.output.LayerNorm, layer.output.LayerNorm):
+            assert norm.weight.shape == norm.bias.shape == (width,) and norm.normalized_shape == (width,)
+    embeddings = small.bert.embeddings
+    assert embeddings.word_embeddings.weight.shape[1] == embeddings.position_embeddings.weight.shape[1] == width
+    assert embeddings.LayerNorm.normalized_shape == (width,)
+    assert small.bert.pooler.dense.weight.shape == (32, width)  # the pooler's output and the classifier stay
+    assert small.classifier.weight.shape[1] == 32
     # the original is untouched
     assert bert.bert.encoder.layer[0].attention.self.query.weight.shape == (32, 32)
 

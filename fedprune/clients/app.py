@@ -35,7 +35,8 @@ from fedprune.data.federation import clients_data
 from fedprune.methods import METHODS, Method
 from fedprune.models.factory import initial_model, new_model, sharing
 from fedprune.pruning import apply_masks, mask_sparsity
-from fedprune.pruning.masks import Masks
+from fedprune.pruning.masks import Masks, prunable_names
+from fedprune.pruning.squeeze import squeeze
 
 #: a ClientApp handler: (message, context, config) -> reply
 Handler = Callable[[Message, Context, ExperimentConfig], Message]
@@ -112,11 +113,13 @@ def handle_train(message: Message, context: Context, cfg: ExperimentConfig) -> M
     else:
         arrays = wire.pack(state, sent, result.masks if changed else None)
     data = clients_data(cfg)[partition]
-    values = (len(data.train_y), result.loss, seconds, mask_sparsity(result.masks or {}), partition,
-              result.budget_met, result.steps)
+    values = (len(data.train_y), result.loss, seconds, mask_sparsity(result.masks or {}, prunable_names(model)),
+              partition, result.budget_met, result.steps)
     metrics = MetricRecord(dict(zip(wire.TRAIN_METRICS, values, strict=True)))
     if message.content.config_records["config"].get("measure", False):  # the model right after training
-        metrics.update(accuracies(model, data, prefix="trained-"))
+        # squeezed: a pruned residual width is only exact there (its LayerNorms span the kept dims)
+        trained = squeeze(model, result.units) if result.units else model
+        metrics.update(accuracies(trained, data, prefix="trained-"))
     reply = RecordDict({"arrays": arrays, "metrics": metrics,
                         "wire": ConfigRecord({"mask-digest": digest, "server-round": server_round})})
     if fault:
@@ -144,7 +147,7 @@ def handle_evaluate(message: Message, context: Context, cfg: ExperimentConfig) -
         units = memory.units() if method.structured else None
         model, masks, units = personal_at_evaluation(model, masks, units, method, cfg, partition, server_round)
     measured = accuracies(model, data)
-    values = (len(data.test_y), measured.pop("accuracy"), mask_sparsity(masks or {}), partition)
+    values = (len(data.test_y), measured.pop("accuracy"), mask_sparsity(masks or {}, prunable_names(model)), partition)
     metrics = MetricRecord({**dict(zip(wire.EVALUATE_METRICS, values, strict=True)), **measured})
     content = RecordDict({"metrics": metrics})
     if method.personal.reports_units:

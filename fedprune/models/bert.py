@@ -4,15 +4,27 @@ fedprune's ``TextClassifier`` around them, and look-alikes with
 
 Unit groups, per layer: ``heads`` (query/key/value rows + bias in blocks of ``head_dim``,
 ``attention.output.dense`` columns in blocks of ``head_dim``) and ``ffn``
-(``intermediate.dense`` rows + bias, ``output.dense`` columns). The residual (hidden-size)
-width is not a group: embeddings, LayerNorms, pooler and classifier stay dense.
+(``intermediate.dense`` rows + bias, ``output.dense`` columns); then one global group,
+``hidden`` (kind ``HIDDEN``), the residual width shared by every layer: the columns of the
+word, position and token-type embeddings, the weight and bias of every LayerNorm (the
+embeddings' and two per layer), the input columns of query/key/value and
+``intermediate.dense``, the output rows (+ bias) of ``attention.output.dense`` and
+``output.dense``, and the input columns of the pooler. The pooler's output and the
+classifier stay whole. Structured pruners prune ``hidden`` only when asked
+(``prune_hidden``); a unit mask without it keeps the full width.
+
+With heads and width both pruned, query/key/value map the kept hidden dims to
+``heads * head_dim`` and the output projection maps back to the kept hidden dims:
+``heads * head_dim`` need not equal the width any more, and BERT's forward reads neither.
 
 Activations: an FFN neuron is the output of ``intermediate`` (after the activation
 function); a head is the input of ``attention.output.dense`` (the per-head context
-vectors) reduced per head by the L2 norm over ``head_dim``. Both are averaged over the
-non-padding tokens (``attention_mask == 1``; every token when no mask is given): the
+vectors) reduced per head by the L2 norm over ``head_dim``; a hidden dim is the output of
+the last layer (its ``output.LayerNorm``, what the pooler reads). All are averaged over
+the non-padding tokens (``attention_mask == 1``; every token when no mask is given): the
 whole sequence, not just ``[CLS]``, because lower layers carry most of their signal
-outside ``[CLS]``.
+outside ``[CLS]``. The hidden group is listed last: MI scores it against the labels, and
+the last FFN against the kept hidden dims.
 
 Unstructured pruning prunes the encoder's ``Linear`` weights only; the classifier is the
 head (personal layers), the embeddings module is what ``freeze_embeddings`` freezes.
@@ -26,7 +38,7 @@ import torch
 from torch import nn
 
 from fedprune.models.family import ModelFamily, state_names
-from fedprune.models.structure import ActivationSource, Slice, UnitGroup, UnitMasks, linear_rows
+from fedprune.models.structure import HIDDEN, ActivationSource, Slice, UnitGroup, UnitMasks, linear_rows
 from fedprune.models.text import TextClassifier, load_pretrained
 
 if TYPE_CHECKING:
@@ -103,7 +115,30 @@ class BertFamily(ModelFamily):
                 kind=FFN,
                 source=ActivationSource(f"{base}.intermediate", reduce="token_mean"),
             ))
+        groups.append(self._hidden_group(model, prefix, len(layers)))
         return groups
+
+    def _hidden_group(self, model: nn.Module, prefix: str, count: int) -> UnitGroup:
+        """The residual width: one unit per hidden dim, owned across the whole model."""
+        backbone = self._backbone(model)
+        at = f"{backbone}." if backbone else ""
+        embeddings = f"{at}embeddings"
+        params = dict(model.named_parameters())
+        norms = [f"{embeddings}.LayerNorm"]
+        pieces = [Slice(name, 1, counted=False) for name in (f"{embeddings}.{kind}_embeddings.weight"
+                  for kind in ("word", "position", "token_type")) if name in params]
+        for index in range(count):
+            base = f"{prefix}.{index}"
+            pieces += [Slice(f"{base}.attention.self.{part}.weight", 1) for part in ("query", "key", "value")]
+            pieces += [*linear_rows(f"{base}.attention.output.dense"), Slice(f"{base}.intermediate.dense.weight", 1),
+                       *linear_rows(f"{base}.output.dense")]
+            norms += [f"{base}.attention.output.LayerNorm", f"{base}.output.LayerNorm"]
+        pieces += [Slice(f"{norm}.{kind}", 0) for norm in norms for kind in ("weight", "bias")]
+        if f"{at}pooler.dense.weight" in params:
+            pieces.append(Slice(f"{at}pooler.dense.weight", 1, counted=False))
+        width = params[f"{embeddings}.word_embeddings.weight"].shape[1]
+        return UnitGroup(name=f"{at}{HIDDEN}", size=width, slices=tuple(pieces), kind=HIDDEN,
+                         source=ActivationSource(norms[-1], reduce="token_mean"))
 
     def prunable_names(self, model: nn.Module) -> list[str]:
         """The encoder's ``Linear`` weights (embeddings, pooler and classifier stay dense)."""

@@ -16,6 +16,12 @@ next group in the list (the last one is scored against the labels).
 
 Activations (``ActivationSource``): one value per unit per example, read by a forward
 hook and reduced by ``reduce_activation``.
+
+A group of kind ``HIDDEN`` is a residual width shared by the whole model (BERT's hidden
+size): it owns slices of the embeddings, every LayerNorm and every projection that reads
+or writes the residual stream. Its slices on the embeddings and the pooler are not
+``counted``: they do not enter the sparsity denominator, which stays the weights
+unstructured pruning may prune.
 """
 
 from __future__ import annotations
@@ -27,16 +33,21 @@ from torch import nn
 
 UnitMasks = dict[str, torch.Tensor]
 
+#: the kind of a residual-width group (one per model, shared by every layer)
+HIDDEN = "hidden"
+
 REDUCTIONS = ("none", "relu", "spatial_mean", "token_mean", "head_norm_token_mean")
 
 
 @dataclass(frozen=True)
 class Slice:
-    """Unit ``i`` owns indices ``i*block : (i+1)*block`` along ``dim`` of ``param``."""
+    """Unit ``i`` owns indices ``i*block : (i+1)*block`` along ``dim`` of ``param``;
+    ``counted=False``: ``param`` does not count towards the parameter sparsity."""
 
     param: str
     dim: int
     block: int = 1
+    counted: bool = True
 
 
 @dataclass(frozen=True)
@@ -99,14 +110,15 @@ def dim_keep(
 ) -> dict[str, dict[int, torch.Tensor]]:
     """Param name -> {dim: bool vector of the indices kept along that dim}.
 
-    Only owned dims appear; a missing group in ``unit_masks`` keeps all its units.
+    Only the dims owned by groups in ``unit_masks`` appear: a missing group keeps all its
+    units and touches nothing (so an unpruned residual width adds no masks).
     """
     params = dict(model.named_parameters())
     keep: dict[str, dict[int, torch.Tensor]] = {}
     for group in groups:
         mask = unit_masks.get(group.name)
         if mask is None:
-            mask = torch.ones(group.size, dtype=torch.bool)
+            continue
         if mask.shape != (group.size,):
             raise ValueError(f"unit mask {group.name}: shape {tuple(mask.shape)}, want ({group.size},)")
         for piece in group.slices:
@@ -123,8 +135,9 @@ def expand_unit_mask(
     """Parameter-level masks (True = kept) for every parameter a group owns.
 
     An entry is kept iff, along every owned dim, the unit owning its index is kept.
-    Biases are included, so the masked model holds exactly the squeezed model's values
-    (and zeros elsewhere); a missing group keeps all its units.
+    Biases (and LayerNorm weights) are included, so the masked model holds exactly the
+    squeezed model's values (and zeros elsewhere); a missing group keeps all its units and
+    adds no masks of its own.
     """
     params = dict(model.named_parameters())
     masks = {}
@@ -140,9 +153,9 @@ def expand_unit_mask(
 
 
 def weight_names(model: nn.Module, groups: list[UnitGroup]) -> list[str]:
-    """Weights (>= 2-D parameters) that any group owns a slice of: the sparsity denominator."""
+    """Weights (>= 2-D parameters) that any group owns a counted slice of: the sparsity denominator."""
     params = dict(model.named_parameters())
-    names = dict.fromkeys(piece.param for group in groups for piece in group.slices)
+    names = dict.fromkeys(piece.param for group in groups for piece in group.slices if piece.counted)
     return [name for name in names if params[name].dim() >= 2]
 
 

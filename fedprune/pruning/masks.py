@@ -36,9 +36,11 @@ def apply_masks(model: nn.Module, masks: Masks) -> None:
         params[name].mul_(mask.to(params[name].dtype))
 
 
-def mask_sparsity(masks: Masks) -> float:
-    """Fraction of pruned entries over the masked weight matrices (>= 2-D; biases not counted)."""
-    weights = [mask for mask in masks.values() if mask.dim() >= 2]
+def mask_sparsity(masks: Masks, names: list[str] | None = None) -> float:
+    """Fraction of pruned entries over the masked weight matrices (>= 2-D; biases not counted),
+    only those in ``names`` when given (``prunable_names``: a pruned residual width also masks
+    the embeddings, which the sparsity does not count)."""
+    weights = [mask for name, mask in masks.items() if mask.dim() >= 2 and (names is None or name in names)]
     total = sum(mask.numel() for mask in weights)
     if total == 0:
         return 0.0

@@ -13,7 +13,10 @@ Pruning Framework for Transformers", mask tuning by least squares), applied to w
 columns; hand-written, since torch has no layer-wise least-squares refit.
 
 Only ``Linear`` consumers are refit (a conv consumer would need its inputs unfolded);
-padding tokens of packed text inputs are left out of the fit.
+padding tokens of packed text inputs are left out of the fit. A pruned residual width
+(``prune_hidden``) makes every projection that reads it a consumer: query/key/value,
+the FFN input and the pooler are refit too, towards the teacher's outputs on the kept
+rows; LayerNorms and embeddings are not refit.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def reconstruct(small: nn.Module, teacher: nn.Module, units: UnitMasks, x: torch
     is fit to the teacher's outputs of the kept units only. Returns the names of the
     refit layers; layers without a bias are left alone.
     """
-    groups = unit_groups(teacher)
+    groups = [group for group in unit_groups(teacher) if group.name in units]  # groups left whole read nothing pruned
     teacher_modules, small_modules = dict(teacher.named_modules()), dict(small.named_modules())
     names = [name for name in consumer_linears(teacher, groups) if small_modules[name].bias is not None]
     kept_rows = {name: dims[0] for name, dims in dim_keep(teacher, groups, units).items() if 0 in dims}

@@ -1,10 +1,17 @@
 """Squeeze a structurally pruned model into a smaller dense one, and expand it back.
 
-``squeeze(model, unit_masks)`` keeps, in every Linear/Conv2d that a unit group owns a
-slice of, only the kept rows/columns/channels; its outputs equal those of
-``masked(model, unit_masks)`` (the original with every owned entry of a pruned unit,
+``squeeze(model, unit_masks)`` keeps, in every Linear/Conv2d/Embedding/LayerNorm that a
+unit group owns a slice of, only the kept rows/columns/channels; its outputs equal those
+of ``masked(model, unit_masks)`` (the original with every owned entry of a pruned unit,
 biases included, set to zero). ``expand`` maps the squeezed tensors back to full-size
 coordinates. Every group must keep at least one unit (BERT cannot reshape zero heads).
+
+The masked twin and LayerNorm: a LayerNorm over the kept dims of a pruned residual width
+is not a LayerNorm over all dims with zeros in the pruned ones (the mean and variance
+divide by a different count). ``masked`` therefore replaces every LayerNorm whose dims
+are partly pruned by a ``KeptLayerNorm``: the same parameters, normalising over the kept
+dims only and writing 0 to the pruned ones. The squeezed model's plain ``nn.LayerNorm``
+of the kept width then computes exactly what the masked twin computes.
 """
 
 from __future__ import annotations
@@ -21,13 +28,43 @@ from fedprune.pruning.masks import apply_masks
 FILLS = ("zeros", "template")
 
 
+class KeptLayerNorm(nn.LayerNorm):
+    """A full-width LayerNorm that normalises over the ``kept`` dims only (0 elsewhere).
+
+    Same parameters (and state-dict keys) as the LayerNorm it replaces; ``kept`` is a
+    non-persistent buffer. Equals ``nn.LayerNorm(kept.sum())`` on the kept dims.
+    """
+
+    kept: torch.Tensor
+
+    def __init__(self, norm: nn.LayerNorm, kept: torch.Tensor) -> None:
+        like = next(norm.parameters(), kept)  # a LayerNorm without affine parameters has none
+        super().__init__(norm.normalized_shape, norm.eps, norm.elementwise_affine, norm.bias is not None,
+                         device=like.device, dtype=like.dtype if like.is_floating_point() else None)
+        self.load_state_dict(norm.state_dict())
+        self.register_buffer("kept", kept.nonzero().flatten().to(like.device), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index = self.kept
+        weight = None if self.weight is None else self.weight.index_select(0, index)
+        bias = None if self.bias is None else self.bias.index_select(0, index)
+        normed = nn.functional.layer_norm(x.index_select(-1, index), (len(index),), weight, bias, self.eps)
+        return x.new_zeros(x.shape).index_copy(-1, index, normed)
+
+
 def masked(
     model: nn.Module, unit_masks: dict[str, torch.Tensor], groups: list[UnitGroup] | None = None
 ) -> nn.Module:
-    """A copy of ``model`` with the pruned units' entries (weights and biases) zeroed."""
+    """A copy of ``model`` with the pruned units' entries (weights and biases) zeroed, and
+    its partly pruned LayerNorms normalising over their kept dims (``KeptLayerNorm``)."""
     groups = unit_groups(model) if groups is None else groups
     copied = copy.deepcopy(model)
     apply_masks(copied, expand_unit_mask(model, groups, unit_masks))
+    keep = dim_keep(model, groups, unit_masks)
+    for name, layer in list(copied.named_modules()):
+        kept = keep.get(f"{name}.weight", {}).get(0)
+        if isinstance(layer, nn.LayerNorm) and kept is not None and not bool(kept.all()):
+            copied.set_submodule(name, KeptLayerNorm(layer, kept))
     return copied
 
 
@@ -52,6 +89,25 @@ def _slice_layer(layer: nn.Linear | nn.Conv2d, keep: dict[int, torch.Tensor]) ->
     return new
 
 
+def _slice_other(layer: nn.Embedding | nn.LayerNorm, keep: dict[int, torch.Tensor]) -> nn.Module:
+    """A copy of an Embedding (columns ``keep[1]``) or a 1-D LayerNorm (dims ``keep[0]``)."""
+    new = copy.deepcopy(layer)
+    with torch.no_grad():
+        if isinstance(layer, nn.Embedding) and isinstance(new, nn.Embedding):
+            cols = keep[1].nonzero().flatten().to(layer.weight.device)
+            new.weight = nn.Parameter(layer.weight.detach().index_select(1, cols).clone())
+            new.embedding_dim = len(cols)
+        elif isinstance(new, nn.LayerNorm) and len(new.normalized_shape) == 1:
+            dims = keep[0].nonzero().flatten().to(layer.weight.device)
+            for name in ("weight", "bias"):
+                if getattr(layer, name) is not None:
+                    setattr(new, name, nn.Parameter(getattr(layer, name).detach().index_select(0, dims).clone()))
+            new.normalized_shape = (len(dims),)
+        else:
+            raise TypeError(f"squeeze: cannot slice {type(layer).__name__}")
+    return new
+
+
 def squeeze(
     model: nn.Module, unit_masks: dict[str, torch.Tensor], groups: list[UnitGroup] | None = None
 ) -> nn.Module:
@@ -69,8 +125,12 @@ def squeeze(
     keep = dim_keep(model, groups, unit_masks)
     small = copy.deepcopy(model)
     for name, layer in list(small.named_modules()):
-        if isinstance(layer, nn.Linear | nn.Conv2d) and f"{name}.weight" in keep:
+        if f"{name}.weight" not in keep:
+            continue
+        if isinstance(layer, nn.Linear | nn.Conv2d):
             small.set_submodule(name, _slice_layer(layer, keep[f"{name}.weight"]))
+        elif isinstance(layer, nn.Embedding | nn.LayerNorm):
+            small.set_submodule(name, _slice_other(layer, keep[f"{name}.weight"]))
     family_of(model).resize(small, groups, unit_masks)
     return small
 

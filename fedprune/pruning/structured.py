@@ -98,19 +98,23 @@ class ParamBudget:
 def unit_sparsity(model: nn.Module, groups: list[UnitGroup], unit_masks: dict[str, torch.Tensor]) -> float:
     """Exact parameter sparsity of ``unit_masks`` over ``weight_names`` (via expand_unit_mask)."""
     masks = expand_unit_mask(model, groups, unit_masks)
+    params = dict(model.named_parameters())
     names = weight_names(model, groups)
-    total = sum(masks[name].numel() for name in names)
-    return 1.0 - sum(int(masks[name].sum()) for name in names) / total
+    total = sum(params[name].numel() for name in names)
+    return 1.0 - sum(int(masks[name].sum()) if name in masks else params[name].numel() for name in names) / total
 
 
 def uniform_counts(budget: ParamBudget, sizes: list[int], sparsity: float,
-                   shares: list[float] | None = None) -> list[int]:
+                   shares: list[float] | None = None, fixed: Mapping[int, int] | None = None) -> list[int]:
     """Kept fraction ``t * share`` in every group (>= 1 unit, shares default 1), with
-    the scale ``t`` whose sparsity is closest to the target."""
+    the scale ``t`` whose sparsity is closest to the target; group ``i`` in ``fixed``
+    keeps ``fixed[i]`` units whatever ``t``."""
     shares = shares or [1.0] * len(sizes)
+    fixed = fixed or {}
 
     def counts(fraction: float) -> list[int]:
-        return [min(size, max(1, round(fraction * share * size))) for size, share in zip(sizes, shares, strict=True)]
+        return [fixed[i] if i in fixed else min(size, max(1, round(fraction * share * size)))
+                for i, (size, share) in enumerate(zip(sizes, shares, strict=True))]
 
     # sparsity(counts(low)) > target >= sparsity(counts(high))
     low, high = 0.0, 1.0 / min(shares)  # global_counts keeps >= 1 unit per group: shares > 0
@@ -125,11 +129,16 @@ def uniform_counts(budget: ParamBudget, sizes: list[int], sparsity: float,
     return min(counts(low), counts(high), key=lambda c: abs(budget.sparsity(c) - sparsity))
 
 
-def global_counts(budget: ParamBudget, rankings: list[Ranking], sparsity: float) -> list[int]:
-    """Remove units in increasing normalised score until the budget is met (>= 1 per group)."""
-    counts = [len(order) for order, _ in rankings]
+def global_counts(budget: ParamBudget, rankings: list[Ranking], sparsity: float,
+                  fixed: Mapping[int, int] | None = None) -> list[int]:
+    """Remove units in increasing normalised score until the budget is met (>= 1 per group;
+    a group in ``fixed`` keeps its given count)."""
+    fixed = fixed or {}
+    counts = [fixed.get(index, len(order)) for index, (order, _) in enumerate(rankings)]
     queue = []
     for index, (_, ranked) in enumerate(rankings):
+        if index in fixed:
+            continue
         normalised = ranked.clamp_min(0) / max(float(ranked.max()), 1e-12)
         queue += [(float(normalised[pos]), -pos, index) for pos in range(1, len(ranked))]
     queue.sort()
@@ -152,10 +161,10 @@ def global_counts(budget: ParamBudget, rankings: list[Ranking], sparsity: float)
 
 
 def kind_counts(budget: ParamBudget, groups: list[UnitGroup], rankings: list[Ranking],
-                sparsity: float) -> list[int]:
+                sparsity: float, fixed: Mapping[int, int] | None = None) -> list[int]:
     """``global_counts`` pooled per kind (``UnitGroup.kind``, as the model family labels its
-    groups), then spread as one kept fraction per kind."""
-    kept = global_counts(budget, rankings, sparsity)
+    groups), then spread as one kept fraction per kind (``fixed`` groups keep their count)."""
+    kept = global_counts(budget, rankings, sparsity, fixed)
     kinds = [group.kind for group in groups]
     totals: dict[str, list[int]] = {}
     for kind, group, count in zip(kinds, groups, kept, strict=True):
@@ -163,16 +172,17 @@ def kind_counts(budget: ParamBudget, groups: list[UnitGroup], rankings: list[Ran
         total[0] += count
         total[1] += group.size
     shares = [totals[kind][0] / totals[kind][1] for kind in kinds]
-    return uniform_counts(budget, [group.size for group in groups], sparsity, shares)
+    return uniform_counts(budget, [group.size for group in groups], sparsity, shares, fixed)
 
 
 def allocated_counts(allocation: str, budget: ParamBudget, groups: list[UnitGroup],
-                     rankings: list[Ranking], sparsity: float, uniform: list[int]) -> list[int]:
+                     rankings: list[Ranking], sparsity: float, uniform: list[int],
+                     fixed: Mapping[int, int] | None = None) -> list[int]:
     """Kept units per group under ``allocation`` (``uniform`` returns the given ``uniform`` counts)."""
     if allocation == "global":
-        return global_counts(budget, rankings, sparsity)
+        return global_counts(budget, rankings, sparsity, fixed)
     if allocation == "kind":
-        return kind_counts(budget, groups, rankings, sparsity)
+        return kind_counts(budget, groups, rankings, sparsity, fixed)
     return uniform
 
 
@@ -312,26 +322,34 @@ def select_units(
     allocation: str = "uniform",
     seed: int = 0,
     groups: list[UnitGroup] | None = None,
+    fixed: Mapping[str, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Unit masks (group name -> bool vector, True = kept) at parameter ``sparsity``.
 
     ``selector`` ranks the units (``MISelector`` needs ``data`` with labels, given or
     inside the batches; the others ignore it); ``allocation`` spreads the kept units
-    over the groups; ``seed`` feeds the selector (random order, row subsampling). At
-    least one unit per group is kept, so very high targets may be unreachable.
+    over the groups; ``seed`` feeds the selector (random order, row subsampling);
+    ``fixed`` maps group names to the count they keep whatever the allocation (1 to the
+    group's size). At least one unit per group is kept, so very high targets may be
+    unreachable.
     """
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation: unknown {allocation!r}; allowed: {', '.join(ALLOCATIONS)}")
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     groups = unit_groups(model) if groups is None else groups
+    index = {group.name: i for i, group in enumerate(groups)}
+    pinned = {index[name]: count for name, count in (fixed or {}).items()}
+    for name, count in (fixed or {}).items():
+        if not 1 <= count <= groups[index[name]].size:
+            raise ValueError(f"fixed: group {name} cannot keep {count} of {groups[index[name]].size} units")
     budget = ParamBudget(model, groups)
-    counts = uniform_counts(budget, [group.size for group in groups], sparsity)
+    counts = uniform_counts(budget, [group.size for group in groups], sparsity, fixed=pinned)
     prepared = selector.prepare(model, groups, data, labels, seed)
     uniform = allocation == "uniform"
     rankings = selector.rank(model, groups, counts, prepared, final=uniform or not selector.top_down)
     if not uniform:
-        counts = allocated_counts(allocation, budget, groups, rankings, sparsity, counts)
+        counts = allocated_counts(allocation, budget, groups, rankings, sparsity, counts, pinned)
         if selector.top_down:
             rankings = selector.rank(model, groups, counts, prepared, final=True)
     return _masks(groups, rankings, counts)

@@ -27,7 +27,7 @@ from fedprune.data.federation import new_partitions, train_sizes, union_test_set
 from fedprune.device.profiles import profile_threads
 from fedprune.methods import METHODS, Method
 from fedprune.models.factory import initial_model, new_model, sharing
-from fedprune.models.structure import expand_unit_mask, unit_groups
+from fedprune.models.structure import HIDDEN, expand_unit_mask, unit_groups
 from fedprune.pruning.diagnostics import magnitude_overlap, mean_pairwise_jaccard
 from fedprune.server.checkpoint import Checkpoint, Checkpointer
 from fedprune.server.costs import mean_costs, personal_costs
@@ -91,7 +91,8 @@ def make_strategy(cfg: ExperimentConfig, name: str, model: nn.Module, partition_
     if method.structured or method.personal.reports_units:
         groups = unit_groups(model)
         common["structure"] = UnitStructure({g.name: g.size for g in groups},
-                                            lambda units: expand_unit_mask(model, groups, units))
+                                            lambda units: expand_unit_mask(model, groups, units),
+                                            frozenset(g.name for g in groups if g.kind == HIDDEN))
     if not method.federated:
         return LocalOnly(template, partition_of, name, **common)
     if method.pruner is None and not shares.partial and cfg.aggregation == "mean" and not cfg.clip_update_norm:

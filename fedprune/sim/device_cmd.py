@@ -11,7 +11,8 @@ from fedprune.config import ConfigError, make_config
 from fedprune.device.budget import within_budget
 from fedprune.device.profiles import profile_threads, profiles_of
 from fedprune.methods import METHODS
-from fedprune.pruning.masks import mask_sparsity
+from fedprune.models.factory import new_model
+from fedprune.pruning.masks import mask_sparsity, prunable_names
 from fedprune.server.costs import personal_costs
 from fedprune.server.records import STATUS_FILE, describe
 
@@ -34,11 +35,12 @@ def device_rows(run_dir: Path) -> list[dict]:
         saved = torch.load(run_dir / "models" / f"{method}.pt")
         masks = {c: saved["masks"].get(c) for c in range(cfg.num_clients)}
         costs = personal_costs(cfg, METHODS[method].model, saved["global"], masks, saved["units"], threads)
+        counted = prunable_names(new_model(cfg, METHODS[method].model))
         for client, cost in costs.items():
             profile = profiles[client]
             rows.append({
                 "method": method, "client": client, "profile": profile.name if profile else None,
-                "sparsity": mask_sparsity(masks[client] or {}),
+                "sparsity": mask_sparsity(masks[client] or {}, counted),
                 "budget_met": None if profile is None else within_budget(profile, cost["flops"], cost["stored_bytes"]),
                 **cost,
             })

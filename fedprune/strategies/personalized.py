@@ -63,11 +63,16 @@ def _discard(**record: Any) -> None:
 
 
 class UnitStructure:
-    """How a structured client's unit masks map to entry masks (for ``units::`` records)."""
+    """How a structured client's unit masks map to entry masks (for ``units::`` records).
 
-    def __init__(self, sizes: dict[str, int], expand: Callable[[Masks], Masks]) -> None:
+    ``optional`` groups may be absent from a reply (kept whole: a transformer's residual
+    width, pruned only with ``prune_hidden``); every other group must be present."""
+
+    def __init__(self, sizes: dict[str, int], expand: Callable[[Masks], Masks],
+                 optional: frozenset[str] = frozenset()) -> None:
         self.sizes = sizes
         self.expand = expand
+        self.optional = optional
 
 
 @dataclass(frozen=True)
@@ -384,7 +389,7 @@ class PersonalizedStrategy(Strategy):
         if self.structure is None:
             raise ValueError("this strategy has no unit structure")
         units = wire.units_in(record, self.structure.sizes)
-        if set(units) != set(self.structure.sizes):
+        if not set(self.structure.sizes) - self.structure.optional <= set(units):
             raise RejectedReply("unit masks missing for some groups", "missing")
         self.post_units[partition] = units
 
