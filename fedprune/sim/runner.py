@@ -92,8 +92,10 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, verbose: bool = False, resume
     from fedprune.server.checkpoint import FOLDER as CHECKPOINT_FOLDER
     from fedprune.server.interrupt import Interrupted
     from fedprune.server.records import read_status, write_status
+    from fedprune.sim import pending_scan
     from fedprune.strategies.health import RunFailed
 
+    pending_scan.install()  # each scan asks only the nodes with a message waiting
     random.seed(cfg.seed)
     progress = lambda line: print(line, file=sys.__stdout__, flush=True)  # noqa: E731
     server_app = build_server_app(cfg, out_dir, progress, resume)
