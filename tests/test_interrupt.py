@@ -68,3 +68,21 @@ def test_sigint_exits_130_within_10_seconds(tmp_path) -> None:
     time.sleep(2)  # let Ray's processes finish exiting
     assert ray_processes(ray_dir) == set()
     shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def test_a_stop_request_ends_the_run_end_timing_too() -> None:
+    """Timing every personal model at run end checks for Ctrl-C before each model."""
+    from fedprune.config import make_config
+    from fedprune.models.factory import new_model
+    from fedprune.server import interrupt
+    from fedprune.server.costs import personal_costs
+
+    cfg = make_config({"num_clients": 2})
+    state = new_model(cfg, "full").state_dict()
+    interrupt.request_stop()
+    try:
+        with pytest.raises(interrupt.Interrupted):
+            personal_costs(cfg, "full", state, {0: None, 1: None}, {})
+    finally:
+        interrupt.clear()
+    assert len(personal_costs(cfg, "full", state, {0: None}, {})) == 1  # without a request it times

@@ -17,6 +17,7 @@ from fedprune.config import ExperimentConfig
 from fedprune.device import flops_per_example, measure_latency, parameter_bytes, sparse_bytes
 from fedprune.models.factory import cost_inputs, new_model, personal_model
 from fedprune.pruning.masks import Masks
+from fedprune.server import interrupt
 
 BATCH = 32
 
@@ -39,6 +40,7 @@ def personal_costs(cfg: ExperimentConfig, variant: str, global_state: dict[str, 
     measured: dict[tuple, dict] = {}
     results = {}
     for partition, masks in sorted(client_masks.items()):
+        interrupt.check()  # timing thousands of distinct models takes minutes: Ctrl-C stops here too
         count = (threads or {}).get(partition, 1)
         if count not in dense_ms:
             dense_ms[count] = measure_latency(dense, inputs, threads=count, min_run_time=0.2).median_ms
