@@ -31,7 +31,7 @@ from fedprune.pruning.movement import MovementPruner
 from fedprune.pruning.pruner import Pruner
 from fedprune.pruning.random_masks import RandomPruner
 from fedprune.pruning.taylor import TaylorPruner
-from fedprune.pruning.units import L1StructuredPruner, MIPruner, RandomStructuredPruner, StructuredPruner
+from fedprune.pruning.units import L1StructuredPruner, MIPruner, MIRefitPruner, RandomStructuredPruner, StructuredPruner
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,9 @@ METHODS: dict[str, Method] = _registry(
                      "(Molchanov et al. 2019)", pruner=TaylorPruner),
     Method("mi", "layer-wise mutual-information pruning of whole units, top-down from the labels, squeezed "
                  "into a smaller dense model (Fan et al. 2021)", pruner=MIPruner),
+    Method("mi-refit", "mi, each pruning step followed by a least-squares refit of the layers that read the "
+                       "newly pruned units, towards the client's model before the step", pruner=MIRefitPruner,
+           trains_like="mi"),
     Method("mi-post", "dense FedAvg training; each client prunes the global model with layer-wise MI on its "
                       "own data, squeezes it, refits the layers that read pruned units (least squares "
                       "towards the dense model) and fine-tunes it for finetune_epochs",

@@ -56,7 +56,7 @@ def test_registry_is_what_the_comparison_needs() -> None:
         assert twin.pruner is METHODS[name].pruner and twin.stream == "local"
     assert [m for m in METHODS if METHODS[m].model == "small-dense"] == ["small-dense"]
     assert {m for m in METHODS if METHODS[m].structured and METHODS[m].federated} == {
-        "mi", "l1-structured", "random-structured"}
+        "mi", "mi-refit", "l1-structured", "random-structured"}
 
 
 @pytest.mark.parametrize("method", list(METHODS))

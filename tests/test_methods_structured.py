@@ -296,3 +296,21 @@ def test_gradual_structured_schedule_nests_units(task_identity) -> None:
         for group in ("body.0", "body.2"):  # a pruned unit never comes back
             assert not bool((third[group] & ~second[group]).any())
         assert fed.strategy.client_units[NODES[node]]["body.0"].equal(third["body.0"])
+
+
+def test_mi_refit_keeps_mi_units_and_refits_only_the_consumers(task_identity, cfg) -> None:
+    """``mi-refit`` trains like ``mi`` (same seeds), so it selects the same units; only the
+    layers reading pruned units (body.2, head) carry refit values, the first layer's kept
+    rows (read from the input, nothing pruned) are mi's own."""
+    plain, refit = Federation(cfg, "mi"), Federation(cfg, "mi-refit")
+    _, plain_replies = plain.train(1)
+    _, refit_replies = refit.train(1)
+    for node in NODES:
+        a, b = plain.memory(node).units(), refit.memory(node).units()
+        assert all(torch.equal(a[g], b[g]) for g in a)
+    for mine, theirs in zip(plain_replies, refit_replies):
+        values, refitted = (wire.values_only(r.content["arrays"]) for r in (mine, theirs))
+        for key in ("body.0.weight", "body.0.bias"):
+            assert np.array_equal(values[key].numpy(), refitted[key].numpy()), key
+        for key in ("body.2.weight", "head.weight"):
+            assert not np.allclose(values[key].numpy(), refitted[key].numpy()), key

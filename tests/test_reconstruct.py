@@ -114,3 +114,27 @@ def test_padding_tokens_do_not_enter_the_fit() -> None:
     assert all(torch.allclose(fits[0][k], fits[1][k], atol=1e-5) for k in fits[0])
     assert not torch.allclose(fits[0]["net.bert.encoder.layer.0.output.dense.weight"],
                               squeeze(teacher, units).state_dict()["net.bert.encoder.layer.0.output.dense.weight"])
+
+
+def test_refit_step_zeroes_pruned_entries_and_folds_the_twin_back() -> None:
+    from fedprune.pruning.units import refit_step
+
+    model, kept, twin = _mlp_with_twin()
+    original = copy.deepcopy(model)
+    units = {"body.0": torch.arange(8) != twin, "body.2": torch.ones(5, dtype=torch.bool)}
+    x = _inputs()
+    masked = copy.deepcopy(model)
+    with torch.no_grad():  # the plain masked twin: the pruned unit's row, bias and column at 0
+        masked.body[0].weight[twin] = 0
+        masked.body[0].bias[twin] = 0
+        masked.body[2].weight[:, twin] = 0
+    refit_step(model, units, x)
+    with torch.no_grad():
+        assert float(model.body[0].weight[twin].abs().sum() + model.body[0].bias[twin].abs()) == 0
+        assert float(model.body[2].weight[:, twin].abs().sum()) == 0
+        plain = float((masked(x) - original(x)).pow(2).mean())
+        refit = float((model(x) - original(x)).pow(2).mean())
+        assert plain > 1e-3 and refit < plain / 10  # the refit restores most of what pruning took
+        # the kept unit's column absorbs (close to) its twin's: hand-worked sum of the two columns
+        wanted = original.body[2].weight[:, kept] + original.body[2].weight[:, twin]
+        assert torch.allclose(model.body[2].weight[:, kept], wanted, atol=0.1)

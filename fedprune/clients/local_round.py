@@ -25,7 +25,7 @@ from fedprune.pruning import CubicSchedule, apply_masks
 from fedprune.pruning.masks import Masks
 from fedprune.pruning.pruner import BackwardHook, PruneData, Pruner
 from fedprune.pruning.squeeze import expand, squeeze
-from fedprune.pruning.units import param_masks, post_prune
+from fedprune.pruning.units import param_masks, post_prune, refit_step
 from fedprune.seeds import derive_seed
 from fedprune.training import accuracy, train_local
 
@@ -166,7 +166,10 @@ def train_and_prune(model: nn.Module, masks: Masks | None, method: Method, cfg: 
     if pruner is not None:
         prune_data = PruneData(data.train_x, data.train_y, partition, server_round, cfg.seed)
         last = memory.pruned_step()
+        before = units
         masks, units = prune_step(pruner, model, masks, units, prune_data, profile, inputs, last)
+        if units is not None and units is not before and getattr(pruner, "refits", False):
+            refit_step(model, units, data.train_x)
         due = pruner.due_at(server_round, last)
         if due is not None:
             memory.save_pruned_step(due[0])

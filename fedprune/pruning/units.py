@@ -21,8 +21,9 @@ heads and neurons).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ from fedprune.pruning.pruner import STRUCTURED, PruneData, Pruner
 from fedprune.pruning.reconstruct import reconstruct
 from fedprune.pruning.schedule import CubicSchedule
 from fedprune.pruning.selectors import L1Selector, MISelector, RandomSelector, UnitSelector
-from fedprune.pruning.squeeze import squeeze
+from fedprune.pruning.squeeze import expand, squeeze
 from fedprune.pruning.structured import ALLOCATIONS, select_units
 
 STRUCTURED_OPTIONS: tuple[Option, ...] = (
@@ -80,6 +81,8 @@ class StructuredPruner(Pruner):
     granularity = STRUCTURED
     options = STRUCTURED_OPTIONS
     schedule_options = ("structured_schedule",)
+    #: after each pruning step, refit the layers that read newly pruned units (``refit_step``)
+    refits: ClassVar[bool] = False
 
     def __init__(self, schedule: CubicSchedule, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(schedule, settings)
@@ -157,6 +160,13 @@ class MIPruner(StructuredPruner):
                           self.settings["mi_max_rows"])
 
 
+class MIRefitPruner(MIPruner):
+    """``MIPruner`` whose every pruning step is followed by the least-squares refit of the
+    layers reading the newly pruned units, towards the model before the step."""
+
+    refits = True
+
+
 class L1StructuredPruner(StructuredPruner):
     """Units with the largest L1 weight norm."""
 
@@ -181,6 +191,18 @@ def post_prune(model: nn.Module, pruner: StructuredPruner, sparsity: float,
     small = squeeze(model, units)
     reconstruct(small, model, units, data.x[:CALIBRATION_ROWS])
     return small, units
+
+
+@torch.no_grad()
+def refit_step(model: nn.Module, units: Masks, x: torch.Tensor) -> None:
+    """Refit ``model`` in place after a pruning step to ``units``: the model as it was (its
+    earlier pruned entries already 0, so it computes its masked twin) is the teacher; the
+    layers reading pruned units of the squeezed model are refit towards it on the first
+    ``CALIBRATION_ROWS`` of ``x`` and written back; pruned entries become 0."""
+    teacher = copy.deepcopy(model)
+    small = squeeze(model, units)
+    reconstruct(small, teacher, units, x[:CALIBRATION_ROWS])
+    model.load_state_dict(expand(small, model, units))
 
 
 def param_masks(model: nn.Module, units: Masks) -> Masks:
