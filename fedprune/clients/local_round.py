@@ -168,7 +168,7 @@ def train_and_prune(model: nn.Module, masks: Masks | None, method: Method, cfg: 
         last = memory.pruned_step()
         before = units
         masks, units = prune_step(pruner, model, masks, units, prune_data, profile, inputs, last)
-        if units is not None and units is not before and getattr(pruner, "refits", False):
+        if units is not None and units is not before and pruner.refits:
             refit_step(model, units, data.train_x)
         due = pruner.due_at(server_round, last)
         if due is not None:

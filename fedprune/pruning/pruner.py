@@ -83,6 +83,9 @@ class Pruner(ABC):
     options: ClassVar[tuple[Option, ...]] = ()
     #: those of ``options`` that only shape its schedule (unused when it prunes once, after training)
     schedule_options: ClassVar[tuple[str, ...]] = ()
+    #: after each pruning step the client refits the layers that read newly pruned units
+    #: (structured pruners only; ``fedprune.pruning.units.refit_step``)
+    refits: ClassVar[bool] = False
 
     def __init__(self, schedule: CubicSchedule, settings: Mapping[str, Any] | None = None) -> None:
         self.settings = read_options(type(self).options, settings or {})

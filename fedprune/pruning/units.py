@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,8 +81,6 @@ class StructuredPruner(Pruner):
     granularity = STRUCTURED
     options = STRUCTURED_OPTIONS
     schedule_options = ("structured_schedule",)
-    #: after each pruning step, refit the layers that read newly pruned units (``refit_step``)
-    refits: ClassVar[bool] = False
 
     def __init__(self, schedule: CubicSchedule, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(schedule, settings)
