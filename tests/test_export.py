@@ -7,6 +7,7 @@ the device code, and parameter counts worked out by hand from the unit masks."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +43,11 @@ def make_run(settings: dict, folder: Path) -> Path:
     return folder
 
 
-def reported_accuracy(run: Path, method: str, client: int) -> float:
+def reported_accuracy(run: Path, method: str, client: int, phase: str = "personal") -> float:
     """The personal accuracy the client itself measured in the run's last round."""
     records = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
-    last = max(r["round"] for r in records if r.get("phase") == "personal")
-    found = [r["accuracy"] for r in records if r.get("phase") == "personal" and r["method"] == method
+    last = max(r["round"] for r in records if r.get("phase") == phase)
+    found = [r["accuracy"] for r in records if r.get("phase") == phase and r["method"] == method
              and r["client"] == client and r["round"] == last]
     assert len(found) == 1
     return found[0]
@@ -72,22 +73,43 @@ def digits(tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------- digits / MLP
 
 
+def file_accuracy(path: Path, cfg, client: int) -> float:
+    """The exported file's accuracy on every test example of the client (not only the export's batch)."""
+    data = clients_data(cfg)[client]
+    logits = onnx_logits(path, {"features": data.test_x})
+    return float((logits.argmax(1) == data.test_y.numpy()).mean())
+
+
 def test_one_onnx_file_per_client_matching_what_the_client_reported(digits) -> None:
     cfg = make_config(DIGITS)
     out = digits / "export"
     assert sorted(p.name for p in (out / "mi").iterdir()) == [
         f"client-{c}.onnx{ext}" for c in range(3) for ext in ("", ".json")]
-    for method in ("mi", "gmp"):
+    for method in ("mi", "gmp", "mi-post"):
         for client in range(3):
             path, info = exported(out, method, client)
-            data = clients_data(cfg)[client]
-            logits = onnx_logits(path, {"features": data.test_x})  # every test example, not the export's batch
-            accuracy = float((logits.argmax(1) == data.test_y.numpy()).mean())
-            # personal head from the client's saved state, shared layers from the server: exactly
-            # the model the client evaluated (a server-side head would score ~0.1)
-            assert accuracy == pytest.approx(reported_accuracy(digits, method, client), abs=1e-9)
+            # personal head from the client's saved state, shared layers from the server, mi-post's
+            # evaluation replayed: exactly the model the client evaluated (a server-side head scores ~0.1)
+            reported = reported_accuracy(digits, method, client)
+            assert file_accuracy(path, cfg, client) == pytest.approx(reported, abs=1e-9)
+            assert info["reported_accuracy"] == reported
             assert info["personal_values"] is True and info["values"].startswith("personal")
+            assert ("replayed" in info["values"]) == (method == "mi-post")
             assert info["max_abs_diff"] <= export_cmd.TOLERANCE == info["tolerance"]
+
+
+def test_new_clients_and_fine_tuned_models_are_replayed(tmp_path) -> None:
+    settings = {**DIGITS, "personal_layers": "none", "new_clients": 1, "methods": ["mi", "fedavg-ft"]}
+    run = make_run(settings, tmp_path / "run")
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    cfg = make_config(settings)
+    for method in ("mi", "fedavg-ft"):
+        for client in range(3):  # client 2 is new: it made its model from the final one
+            path, info = exported(run / "export", method, client)
+            phase = "new-client" if client == 2 else "personal"
+            assert file_accuracy(path, cfg, client) == pytest.approx(reported_accuracy(run, method, client, phase))
+            assert info["personal_values"] is True
+            assert ("onboarding replayed" in info["values"]) == (client == 2)
 
 
 def test_squeezed_parameter_count_is_the_hand_count(digits) -> None:
@@ -115,11 +137,29 @@ def test_input_spec_and_dynamic_batch(digits) -> None:
     assert info["flops_per_example"] < 2 * (64 * 32 + 32 * 16 + 16 * 10)  # squeezed: fewer than dense
 
 
-def test_values_made_at_evaluation_are_flagged_as_the_servers(digits) -> None:
-    for client in range(3):
-        _, info = exported(digits / "export", "mi-post", client)
-        assert info["personal_values"] is False
-        assert info["values"].startswith("server values") and "refit" in info["values"]
+def test_without_the_clients_state_the_files_hold_server_values(digits, tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(digits, run, ignore=shutil.ignore_patterns("export", "clients"))
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    assert "server values" in capsys.readouterr().out
+    for method in ("mi", "gmp", "mi-post"):  # personal heads: every method needs the clients' own tensors
+        for client in range(3):
+            _, info = exported(run / "export", method, client)
+            assert info["personal_values"] is False
+            assert info["values"].startswith("server values") and "saved state was not found" in info["values"]
+
+
+def test_a_replay_that_does_not_reproduce_the_reported_accuracy_is_not_kept(digits, tmp_path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(digits, run, ignore=shutil.ignore_patterns("export"))
+    records = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+    for record in records:
+        if record.get("phase") == "personal" and record["method"] == "mi-post" and record["client"] == 1:
+            record["accuracy"] += 0.01
+    (run / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    assert [exported(run / "export", "mi-post", c)[1]["personal_values"] for c in range(3)] == [True, False, True]
+    assert "did not reproduce" in exported(run / "export", "mi-post", 1)[1]["values"]
 
 
 def test_torchscript_round_trip(digits, tmp_path) -> None:

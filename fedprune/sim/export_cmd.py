@@ -11,12 +11,17 @@ ones are dense with the pruned entries zero.
 
 Values. The server keeps each personal model's structure under the final global values
 (``models/METHOD.pt``). A client's personal model holds exactly those values when the
-method keeps nothing of its own on the client; a client that keeps own tensors (personal
-layers, partial updates, methods that do not federate) saves them in its state
-(``fedprune.clients.persist``), which is read here and merged as the client merges
-them. Values a client makes at evaluation (fine-tuning, ``mi-post``'s refit) or at
-onboarding are stored nowhere: such a file holds the server's values under the client's
-structure, and its JSON and the command's output say so.
+method keeps nothing of its own on the client (``mi``, ``gmp``, ``fedavg`` ...). A client
+that keeps own tensors (personal layers, partial updates, methods that do not federate)
+saves them in its state (``fedprune.clients.persist``: ``RUN_DIR/checkpoint/clients`` or
+``client_state_dir``), which is read here and merged as the client merges them. Values a
+client makes at evaluation (``fedavg-ft``'s fine-tuning, ``mi-post``'s pruning, refit and
+fine-tuning) or at onboarding (new clients) are stored nowhere: that step is replayed
+here, seeded as in the run, and kept only if it reproduces the accuracy the client
+reported (and, for ``mi-post``, its unit masks). Where none of this gives the client's
+values (no saved state, a replay that differs), the file holds the server's values under
+the client's structure, and its JSON (``personal_values: false``) and the command's output
+say so.
 
 Nothing is written unless every file passes: the files are made in a temporary folder
 beside ``OUT`` and moved into place at the end.
@@ -36,7 +41,7 @@ from flwr.app import RecordDict
 from torch import nn
 
 from fedprune import partial
-from fedprune.clients.local_round import keeps_own_tensors
+from fedprune.clients.local_round import keeps_own_tensors, onboard, personal_at_evaluation
 from fedprune.clients.persist import StateStore
 from fedprune.clients.state import ClientMemory
 from fedprune.config import ConfigError, ExperimentConfig
@@ -44,10 +49,11 @@ from fedprune.data.federation import clients_data, new_partitions
 from fedprune.device import flops_per_example, parameter_count
 from fedprune.device.export import FORMATS, export, max_abs_difference, tensor_specs
 from fedprune.methods import METHODS, Method
-from fedprune.models.factory import cost_inputs, new_model, personal_model, sharing
+from fedprune.models.factory import cost_inputs, initial_model, new_model, personal_model, sharing
 from fedprune.pruning.masks import Masks, mask_sparsity, prunable_names
 from fedprune.server.costs import BATCH
 from fedprune.sim.device_cmd import finished_run
+from fedprune.training import accuracy
 
 #: largest absolute difference of logits allowed between the file and the PyTorch model
 #: (float32 kernels that sum in another order differ by ~1e-7 relative; 1e-4 leaves room for
@@ -78,47 +84,91 @@ def client_states(cfg: ExperimentConfig, run_dir: Path) -> dict[int, RecordDict]
     return {partition: state for partition, state in found.items() if state is not None}
 
 
-def _server_only(method: Method, partition: int, new: set[int], own_needed: bool, memory: ClientMemory | None
-                 ) -> str | None:
-    """Why the client's own values cannot be had from the run folder (None: they can)."""
-    if partition in new:
-        return "made at onboarding"
-    if method.personal.prune is not None:
-        return "pruned, refit and fine-tuned at evaluation"
-    if method.personal.finetune:
-        return "fine-tuned at evaluation"
-    if own_needed and (memory is None or memory.model() is None):
-        return "its own tensors; its saved state was not found"
-    return None
+def reported_accuracies(run_dir: Path, cfg: ExperimentConfig) -> dict[tuple[str, int], float]:
+    """(method, client) -> the personal accuracy the client reported at the end of the run
+    (phase ``personal`` of the last round, ``new-client`` for new clients)."""
+    found = {}
+    for line in (run_dir / "rounds.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        last = record.get("phase") == "personal" and record.get("round") == cfg.rounds
+        if last or record.get("phase") == "new-client":
+            found[(record["method"], record["client"])] = record["accuracy"]
+    return found
+
+
+def held(cfg: ExperimentConfig, method: Method, saved: dict, partition: int, memory: ClientMemory | None,
+         new: bool) -> tuple[dict[str, torch.Tensor], Masks | None, Masks | None] | None:
+    """What the client holds when the final evaluation's message has arrived (``clients.app.receive``):
+    full-size values, mask and unit masks; None if they need its own tensors and its state is missing.
+    The mask and unit masks are the client's own where its state has them, else the server's record."""
+    masks = units = None
+    if not new and method.pruner is not None:
+        masks = (memory.mask() if memory else None) or saved["masks"].get(partition)
+        if method.structured:
+            units = (memory.units() if memory else None) or saved["units"].get(partition)
+    if new and not method.federated:  # it trains alone from the initial model (``local_round.onboard``)
+        return initial_model(cfg, method.model).state_dict(), None, None
+    if new or not keeps_own_tensors(cfg, method):
+        return saved["global"], masks, units
+    own = memory.model() if memory else None
+    if own is None:
+        return None
+    if not method.federated:
+        return own, masks, units
+    # the server's values where the client shares, its own elsewhere
+    sent = partial.intersect(masks, sharing(cfg, new_model(cfg, method.model)).shared(partition, cfg.rounds))
+    return {k: torch.where(sent[k], g, own[k]) if k in sent else g for k, g in saved["global"].items()}, masks, units
+
+
+def replay(cfg: ExperimentConfig, method: Method, values: dict[str, torch.Tensor], masks: Masks | None,
+           units: Masks | None, partition: int, new: bool) -> tuple[nn.Module, Masks | None, Masks | None, float]:
+    """The client's final evaluation step run again (seeded as in the run, one thread as the
+    ClientApp): onboarding or ``personal_at_evaluation``; the model, its masks and its accuracy."""
+    model = personal_model(cfg, method.model, values, masks, None)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if new:
+            model, masks, units = onboard(model, method, cfg, partition, cfg.rounds)
+        else:
+            model, masks, units = personal_at_evaluation(model, masks, units, method, cfg, partition, cfg.rounds)
+        data = clients_data(cfg)[partition]
+        return model.eval(), masks, units, accuracy(model, data.test_x, data.test_y)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _same(first: Masks | None, second: Masks | None) -> bool:
+    return second is None or (first is not None and first.keys() == second.keys()
+                              and all(torch.equal(first[k], second[k]) for k in first))
 
 
 def rebuild(cfg: ExperimentConfig, method: Method, saved: dict, partition: int, state: RecordDict | None,
-            new: set[int]) -> Personal:
-    """Client ``partition``'s personal model of ``method`` from the saved models file and its state."""
-    global_state: dict[str, torch.Tensor] = saved["global"]
-    masks, units = saved["masks"].get(partition), saved["units"].get(partition)
+            new: bool, reported: float | None) -> Personal:
+    """Client ``partition``'s personal model of ``method`` from the saved models file, its saved
+    state and, for values made at evaluation, a replay that must reproduce its reported accuracy
+    (and its reported unit masks); where none of this gives its values, the server's values."""
     memory = None if state is None else ClientMemory(state, method.name)
-    own_needed = keeps_own_tensors(cfg, method)
-    why = _server_only(method, partition, new, own_needed, memory)
-    if why is None and memory is not None and method.personal.prune is None:
-        # the structure the client evaluates under is the one it holds
-        masks = memory.mask() or masks
-        units = (memory.units() or units) if method.structured else units
-    values = global_state
-    own = None if memory is None or why is not None else memory.model()
-    if own is not None and not method.federated:
-        values = own
-    elif own is not None:  # as the client receives: the server's values where it shares, its own elsewhere
-        sent = partial.intersect(masks, sharing(cfg, new_model(cfg, method.model)).shared(partition, cfg.rounds))
-        values = {k: torch.where(sent[k], g, own[k]) if k in sent else g for k, g in global_state.items()}
-    model = personal_model(cfg, method.model, values, masks, units)
-    if why is not None:
-        text = f"server values under the client's mask (its own values, {why}, are not in the run folder)"
-    elif own is not None:
-        text = "personal: the client's own tensors from its saved state, the final global values where it shares"
-    else:
-        text = "personal: the final global values under the client's mask, as the client holds them"
-    return Personal(model, masks, bool(units), why is None, text)
+    holds = held(cfg, method, saved, partition, memory, new)
+    why = "its own tensors; its saved state was not found"
+    if holds is not None:
+        values, masks, units = holds
+        own = ("the initial model" if new and not method.federated
+               else "the final global values under the client's mask" if values is saved["global"]
+               else "the client's own tensors from its saved state, the final global values where it shares")
+        if not (new or method.personal.prune is not None or method.personal.finetune):
+            model = personal_model(cfg, method.model, values, masks, units)
+            return Personal(model, masks, bool(units), True, f"personal: {own}, as the client holds them")
+        model, masks, units, score = replay(cfg, method, values, masks, units, partition, new)
+        if reported is not None and abs(score - reported) < 1e-9 and _same(units, saved["units"].get(partition)):
+            return Personal(model, masks, bool(units), True, f"personal: {own}, then the client's "
+                            f"{'onboarding' if new else 'evaluation step'} replayed (seeded), reproducing the "
+                            "accuracy it reported")
+        why = "made at evaluation; a replay did not reproduce its reported accuracy"
+    model = personal_model(cfg, method.model, saved["global"], saved["masks"].get(partition),
+                           saved["units"].get(partition))
+    return Personal(model, saved["masks"].get(partition), partition in saved["units"], False,
+                    f"server values under the client's mask (its own values, {why}, are not in the run folder)")
 
 
 def check_batch(cfg: ExperimentConfig, model: nn.Module, partition: int) -> torch.Tensor:
@@ -128,10 +178,12 @@ def check_batch(cfg: ExperimentConfig, model: nn.Module, partition: int) -> torc
 
 
 def export_one(cfg: ExperimentConfig, method: str, partition: int, personal: Personal, fmt: str,
-               folder: Path) -> dict:
+               folder: Path, reported: float | None) -> dict:
     """Write one personal model and its JSON into ``folder``/METHOD; ``ConfigError`` if the
-    file's logits differ from the model's by more than ``TOLERANCE``."""
+    file's logits differ from the model's by more than ``TOLERANCE``. ``test_accuracy``: the
+    model's on the client's test part; ``reported_accuracy``: what the client reported in the run."""
     model = personal.model.eval()
+    data = clients_data(cfg)[partition]
     batch = check_batch(cfg, model, partition)
     target = folder / method / f"client-{partition}{FORMATS[fmt]}"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +201,7 @@ def export_one(cfg: ExperimentConfig, method: str, partition: int, personal: Per
         "sparsity": mask_sparsity(personal.masks or {}, counted),
         "flops_per_example": flops_per_example(model, cost_inputs(cfg, model, BATCH), BATCH),
         "personal_values": personal.exact, "values": personal.values,
+        "test_accuracy": accuracy(model, data.test_x, data.test_y), "reported_accuracy": reported,
         "max_abs_diff": difference, "tolerance": TOLERANCE, "checked_rows": len(batch),
     }
     target.with_name(target.name + ".json").write_text(json.dumps(row, indent=2) + "\n")
@@ -190,14 +243,17 @@ def export_rows(run_dir: Path, fmt: str, out: Path) -> list[dict]:
     cfg = finished_run(run_dir)
     states = client_states(cfg, run_dir)
     new = set(new_partitions(cfg))
+    reported = reported_accuracies(run_dir, cfg)
     staged = _staging(out)
     try:
         rows = []
         for method in cfg.methods:
             saved = torch.load(run_dir / "models" / f"{method}.pt")
             for partition in range(cfg.num_clients):
-                personal = rebuild(cfg, METHODS[method], saved, partition, states.get(partition), new)
-                rows.append(export_one(cfg, method, partition, personal, fmt, staged))
+                score = reported.get((method, partition))
+                personal = rebuild(cfg, METHODS[method], saved, partition, states.get(partition), partition in new,
+                                   score)
+                rows.append(export_one(cfg, method, partition, personal, fmt, staged, score))
         _publish(staged, out)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
