@@ -212,6 +212,8 @@ def test_bad_input_exits_2_and_writes_nothing(digits, tmp_path, capsys) -> None:
     (half / "config.json").write_text((digits / "config.json").read_text())
     (half / "status.json").write_text(json.dumps({"status": "interrupted", "completed_methods": ["mi"]}))
     assert "incomplete run" in refused([str(half), "--format", "onnx", "--out", str(out)], capsys, out)
+    (tmp_path / "file").write_text("x")
+    assert "--out" in refused([str(digits), "--format", "onnx", "--out", str(tmp_path / "file")], capsys, out)
     assert not out.exists()
 
 
