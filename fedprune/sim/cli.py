@@ -5,7 +5,7 @@
 ``fedprune run --resume RUN_DIR``
 ``fedprune report RUN_DIR [RUN_DIR ...] [--out DIR]``
 ``fedprune device RUN_DIR``
-``fedprune export RUN_DIR --format onnx|torchscript [--out DIR]``
+``fedprune export RUN_DIR [--format onnx|torchscript] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="every client's personal model of a run as an ONNX or "
                                  "TorchScript file, checked against PyTorch")
     export.add_argument("run_dir", metavar="RUN_DIR", help="run folder made by fedprune run")
-    export.add_argument("--format", dest="fmt", required=True, metavar="FORMAT", help="onnx or torchscript")
+    export.add_argument("--format", dest="fmt", default="onnx", metavar="FORMAT",
+                        help="onnx (default) or torchscript")
     export.add_argument("--out", help="output folder (default: RUN_DIR/export)")
     report = commands.add_parser("report", help="figures and a Markdown report of run folders")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s) made by fedprune run")

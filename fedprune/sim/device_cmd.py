@@ -24,7 +24,7 @@ def finished_run(run_dir: Path) -> ExperimentConfig:
     """The config of the complete run in ``run_dir``; ``ConfigError`` naming RUN_DIR for a
     missing folder, a folder that holds no run, or an incomplete run."""
     if not run_dir.is_dir():
-        raise ConfigError(f"RUN_DIR: {run_dir} is not a folder")
+        raise ConfigError(f"RUN_DIR: {run_dir} {'is not a folder' if run_dir.exists() else 'does not exist'}")
     if not (run_dir / "summary.json").is_file() and (run_dir / STATUS_FILE).is_file():
         raise ConfigError(describe(run_dir))
     for name in ("config.json", "models"):

@@ -1,4 +1,4 @@
-"""``fedprune export RUN_DIR --format onnx|torchscript [--out DIR]``: every client's personal
+"""``fedprune export RUN_DIR [--format onnx|torchscript] [--out DIR]``: every client's personal
 model of a finished run as a standalone file, checked against PyTorch at export.
 
 For each method and client: ``OUT/METHOD/client-P.onnx`` (or ``.pt``, TorchScript) and
