@@ -255,3 +255,25 @@ def test_tiny_bert_mi_round_trip(tmp_path) -> None:
             assert np.abs(shorter - reference(x[:3, :, :9]).numpy()).max() <= 1e-4
         accuracy = float((logits.argmax(1) == clients_data(cfg)[client].test_y.numpy()).mean())
         assert accuracy == pytest.approx(reported_accuracy(run, "mi", client), abs=1e-9)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_squeezed_residual_width_exports(tmp_path, fmt: str) -> None:
+    """A tiny BERT with its hidden width, heads and FFN squeezed (``prune_hidden``): the file
+    computes what the masked full-size model computes, on padded inputs and other shapes."""
+    pytest.importorskip("transformers")
+    from test_hidden_width import HIDDEN_GROUP, prune_data, pruner, tiny_bert, tokens
+
+    from fedprune.device.export import export, run_file
+    from fedprune.pruning.squeeze import masked, squeeze
+
+    model = tiny_bert()
+    units = pruner("mi").prune(model, None, 0.7, prune_data())
+    assert int(units[HIDDEN_GROUP].sum()) < 32
+    small = squeeze(model, units)
+    path = tmp_path / f"bert.{fmt}"
+    export(small, tokens(4, 2), fmt, path)
+    twin = masked(model, units)  # the full-size model under the unit masks
+    for x in (tokens(7, 3), tokens(2, 4)[:, :, :9]):
+        with torch.no_grad():
+            assert (run_file(path, fmt, small, x) - twin(x)).abs().max() <= 1e-4
