@@ -26,7 +26,7 @@ onnxruntime = pytest.importorskip("onnxruntime")
 
 DIGITS = dict(num_clients=3, rounds=2, mlp_widths=[32, 16], partitioner="iid", local_epochs=1,
               prune_start_round=1, prune_end_round=2, final_sparsity=0.5, personal_layers="head",
-              methods=["mi", "gmp", "mi-post"])
+              methods=["mi", "gmp", "mi-post", "local-mi"])
 
 
 def make_run(settings: dict, folder: Path) -> Path:
@@ -85,11 +85,12 @@ def test_one_onnx_file_per_client_matching_what_the_client_reported(digits) -> N
     out = digits / "export"
     assert sorted(p.name for p in (out / "mi").iterdir()) == [
         f"client-{c}.onnx{ext}" for c in range(3) for ext in ("", ".json")]
-    for method in ("mi", "gmp", "mi-post"):
+    for method in ("mi", "gmp", "mi-post", "local-mi"):
         for client in range(3):
             path, info = exported(out, method, client)
-            # personal head from the client's saved state, shared layers from the server, mi-post's
-            # evaluation replayed: exactly the model the client evaluated (a server-side head scores ~0.1)
+            # personal head from the client's saved state, shared layers from the server (local-mi: all
+            # of it from its state), mi-post's evaluation replayed: exactly the model the client
+            # evaluated (a server-side head scores ~0.1)
             reported = reported_accuracy(digits, method, client)
             assert file_accuracy(path, cfg, client) == pytest.approx(reported, abs=1e-9)
             assert info["reported_accuracy"] == reported
@@ -142,7 +143,7 @@ def test_without_the_clients_state_the_files_hold_server_values(digits, tmp_path
     shutil.copytree(digits, run, ignore=shutil.ignore_patterns("export", "clients"))
     assert main(["export", str(run), "--format", "onnx"]) == 0
     assert "server values" in capsys.readouterr().out
-    for method in ("mi", "gmp", "mi-post"):  # personal heads: every method needs the clients' own tensors
+    for method in ("mi", "gmp", "mi-post", "local-mi"):  # personal heads: all need the clients' own tensors
         for client in range(3):
             _, info = exported(run / "export", method, client)
             assert info["personal_values"] is False
