@@ -92,6 +92,11 @@ class StateStore:
         for old in self.steps(partition)[:-2]:
             self._path(partition, old).unlink(missing_ok=True)
 
+    def load_newest(self, partition: int) -> RecordDict | None:
+        """The newest state saved for ``partition`` (a finished run: its final state), or None."""
+        steps = self.steps(partition)
+        return decode(self._path(partition, steps[-1]).read_bytes()) if steps else None
+
     def load_before(self, partition: int, step: Step) -> RecordDict | None:
         """The newest state saved before ``step``, or None if there is none."""
         earlier = [s for s in self.steps(partition) if s < step]

@@ -42,7 +42,15 @@ def measure_latency(model: nn.Module, inputs: object, threads: int = 1, min_run_
     allocator settle before timing.
     """
     model.eval()
-    run = _forward(model, inputs)
+    return time_call(_forward(model, inputs), threads, min_run_time, warmup, warmup_s)
+
+
+def time_call(run: Callable[[], object], threads: int = 1, min_run_time: float = 0.3,
+              warmup: int = 3, warmup_s: float = 0.1) -> Latency:
+    """Latency of ``run()``: warm-up (at least ``warmup`` calls and ``warmup_s`` seconds), then
+    the median of ``torch.utils.benchmark``'s ``blocked_autorange`` with torch at ``threads``
+    threads and denormals flushed. ``run`` may call any runtime (``measure_latency``: a torch
+    model; ``fedprune.device.export.onnx_latency``: an onnxruntime session)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     # Tiny surviving weights can be denormal floats, which some CPUs process far slower.

@@ -5,6 +5,7 @@
 ``fedprune run --resume RUN_DIR``
 ``fedprune report RUN_DIR [RUN_DIR ...] [--out DIR]``
 ``fedprune device RUN_DIR``
+``fedprune export RUN_DIR [--format onnx|torchscript] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="do not write the figures and report.md into RUN_DIR/report/")
     device = commands.add_parser("device", help="measure every client's personal model of a run")
     device.add_argument("run_dir", metavar="RUN_DIR", help="run folder made by fedprune run")
+    export = commands.add_parser("export", help="every client's personal model of a run as an ONNX or "
+                                 "TorchScript file, checked against PyTorch")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="run folder made by fedprune run")
+    export.add_argument("--format", dest="fmt", default="onnx", metavar="FORMAT",
+                        help="onnx (default) or torchscript")
+    export.add_argument("--out", help="output folder (default: RUN_DIR/export)")
     report = commands.add_parser("report", help="figures and a Markdown report of run folders")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s) made by fedprune run")
     report.add_argument("--out", help="output folder (default: RUN_DIR/report; required for several runs)")
@@ -213,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print(run_device(Path(args.run_dir)))
             print(f"\nwritten: {Path(args.run_dir) / 'device.md'}, {Path(args.run_dir) / 'device.json'}")
+            return 0
+        if args.command == "export":
+            from fedprune.sim.export_cmd import run_export
+
+            print(run_export(Path(args.run_dir), args.fmt, None if args.out is None else Path(args.out)))
             return 0
         return _run(args)
     except ConfigError as error:

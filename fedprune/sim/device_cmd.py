@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from fedprune.config import ConfigError, make_config
+from fedprune.config import ConfigError, ExperimentConfig, make_config
 from fedprune.device.budget import within_budget
 from fedprune.device.profiles import profile_threads, profiles_of
 from fedprune.methods import METHODS
@@ -17,24 +17,38 @@ from fedprune.server.costs import personal_costs
 from fedprune.server.records import STATUS_FILE, describe
 
 COLUMNS = ("method", "client", "profile", "threads", "sparsity", "kFLOPs/ex", "latency ms",
-           "speedup", "FLOP limit", "stored KB", "budget met")
+           "speedup", "ORT ms", "ORT speedup", "FLOP limit", "stored KB", "budget met")
 
 
-def device_rows(run_dir: Path) -> list[dict]:
-    """One row per method and client: cost of its personal model, timed at its profile's threads."""
+def finished_run(run_dir: Path) -> ExperimentConfig:
+    """The config of the complete run in ``run_dir``; ``ConfigError`` naming RUN_DIR for a
+    missing folder, a folder that holds no run, or an incomplete run."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"RUN_DIR: {run_dir} {'is not a folder' if run_dir.exists() else 'does not exist'}")
     if not (run_dir / "summary.json").is_file() and (run_dir / STATUS_FILE).is_file():
         raise ConfigError(describe(run_dir))
     for name in ("config.json", "models"):
         if not (run_dir / name).exists():
             raise ConfigError(f"RUN_DIR: {run_dir} has no {name}; give a folder written by `fedprune run`")
     cfg = make_config(json.loads((run_dir / "config.json").read_text()))
+    for method in cfg.methods:
+        if not (run_dir / "models" / f"{method}.pt").is_file():
+            raise ConfigError(f"RUN_DIR: {run_dir} has no models/{method}.pt; the run did not finish {method}")
+    return cfg
+
+
+def device_rows(run_dir: Path) -> list[dict]:
+    """One row per method and client: cost of its personal model, timed at its profile's threads
+    in PyTorch and, exported to ONNX, in onnxruntime."""
+    cfg = finished_run(run_dir)
     profiles = profiles_of(cfg)
     threads = profile_threads(cfg)
     rows = []
     for method in cfg.methods:
         saved = torch.load(run_dir / "models" / f"{method}.pt")
         masks = {c: saved["masks"].get(c) for c in range(cfg.num_clients)}
-        costs = personal_costs(cfg, METHODS[method].model, saved["global"], masks, saved["units"], threads)
+        costs = personal_costs(cfg, METHODS[method].model, saved["global"], masks, saved["units"], threads,
+                               onnxruntime=True)
         counted = prunable_names(new_model(cfg, METHODS[method].model))
         for client, cost in costs.items():
             profile = profiles[client]
@@ -53,7 +67,8 @@ def format_rows(rows: list[dict]) -> str:
         met = {None: "-", True: "yes", False: "no"}[row["budget_met"]]
         return [row["method"], str(row["client"]), row["profile"] or "-", str(row["threads"]),
                 f"{row['sparsity']:.3f}", f"{row['flops'] / 1e3:.1f}", f"{row['latency_ms']:.4f}",
-                f"{row['speedup']:.2f}", f"{row['flop_limit']:.2f}", f"{row['stored_bytes'] / 1e3:.1f}", met]
+                f"{row['speedup']:.2f}", f"{row['onnxruntime_latency_ms']:.4f}", f"{row['onnxruntime_speedup']:.2f}",
+                f"{row['flop_limit']:.2f}", f"{row['stored_bytes'] / 1e3:.1f}", met]
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
     return "\n".join(lines)
@@ -67,5 +82,7 @@ def run_device(run_dir: Path) -> str:
     (run_dir / "device.md").write_text(
         "# Personal models on the device\n\nBatch 32; latency is the median of "
         "torch.utils.benchmark at the profile's thread count (1 without a profile); speedup is "
-        "dense latency / personal latency; FLOP limit is dense FLOPs / personal FLOPs.\n\n" + text + "\n")
+        "dense latency / personal latency; ORT ms and ORT speedup: the same models exported to ONNX and "
+        "run by onnxruntime (as many intra-op threads, the same batch, the same repeat policy), against the "
+        "dense model in onnxruntime; FLOP limit is dense FLOPs / personal FLOPs.\n\n" + text + "\n")
     return text
