@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     shape = QUICK_SETTINGS if args.quick else SETTINGS
     subsample = "; ".join(f"{name}: {s['num_clients']} client(s) x {s['max_train_examples']} train / "
                           f"{s['max_test_examples']} test examples" for name, s in shape.items() if name in settings)
-    print(f"seed claim ({'quick' if args.quick else 'full'}); SST-2 subsample: {subsample}; "
+    data = "generated two-class text (tiny BERT)" if args.quick else "SST-2 subsample"
+    print(f"seed claim ({'quick' if args.quick else 'full'}); {data}: {subsample}; "
           f"{time.perf_counter() - started:.0f} s in this call\n")
     print(table(rows))
     if any(chance_note(r) for r in rows if r["setting"] == "centralized"):
