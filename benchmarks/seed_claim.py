@@ -46,6 +46,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedprune.clients.persist import StateStore
+from fedprune.clients.state import ClientMemory
+from fedprune.pruning.soft_movement import CONFIGURED_KEEPS, EFFECTIVE_THRESHOLD
+
 SPARSITIES = (0.5, 0.7, 0.9)
 PRUNED = ("mi", "mi-post", "gmp", "movement", "soft-movement")
 DENSE = "fedavg"
@@ -118,8 +122,29 @@ def rows_of(run_dir: Path, setting: str, sparsity: float) -> list[dict]:
     """The benchmark rows of one complete run folder (summary.json plus measured speedups)."""
     summary = json.loads((run_dir / "summary.json").read_text())["methods"]
     speed = speedups(run_dir)
-    return [{**row, "setting": setting, "target_sparsity": sparsity, "speedup_mean": speed.get(row["method"]),
+    rows = [{**row, "setting": setting, "target_sparsity": sparsity, "speedup_mean": speed.get(row["method"]),
              "megabytes": (row["bytes_up"] + row["bytes_down"]) / 1e6} for row in summary]
+    for row in rows:
+        if row["method"] == "soft-movement":
+            row["soft_movement"] = soft_movement_thresholds(run_dir, row.get("clients", 1))
+    return rows
+
+
+def soft_movement_thresholds(run_dir: Path, clients: int) -> dict[str, float] | None:
+    """``soft-movement``'s last pruning step, as its clients kept it (the checkpoint's client
+    states): the mean over clients of the threshold on sigmoid(S) it used and of the share of
+    the allowed entries that the configured threshold alone would have kept (None if absent)."""
+    store = StateStore(run_dir / "checkpoint" / "clients")
+    used, configured = [], []
+    for partition in range(clients):
+        state = store.load_before(partition, (10**9, 0))
+        kept = None if state is None else ClientMemory(state, "soft-movement").pruner_state()
+        if kept and EFFECTIVE_THRESHOLD in kept:
+            used.append(float(kept[EFFECTIVE_THRESHOLD]))
+            configured.append(float(kept[CONFIGURED_KEEPS]))
+    if not used:
+        return None
+    return {"effective_threshold": statistics.fmean(used), "configured_keeps": statistics.fmean(configured)}
 
 
 def chance_note(row: dict, chance: float = 0.5) -> str:
@@ -258,6 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     if any(chance_note(r) for r in rows if r["setting"] == "centralized"):
         print(f"\nnear chance: both accuracy means <= {0.5 + CHANCE_MARGIN:.2f} on two balanced-ish classes "
               "(centralized rows only; a label-skewed client's own majority class can score far higher)")
+    soft = [r for r in rows if r.get("soft_movement")]
+    if soft:
+        print("\nsoft-movement's last pruning step (mean over clients): the threshold on sigmoid(S) it used, "
+              "and the share of the allowed entries that sigmoid(S) > soft_movement_threshold alone would keep")
+        for r in soft:
+            print(f"  {r['setting']} {r['target_sparsity']}: used {r['soft_movement']['effective_threshold']:.4f}, "
+                  f"configured threshold keeps {r['soft_movement']['configured_keeps']:.3f}")
     print()
     print(claim_table(checks))
     return 0

@@ -89,3 +89,24 @@ def test_generated_config_is_toml_with_the_same_budget_for_every_method(tmp_path
 def test_unknown_setting_exits_2(capsys) -> None:
     assert seed_claim.main(["--settings", "edge", "--out", "unused"]) == 2
     assert "--settings" in capsys.readouterr().err
+
+
+def test_soft_movement_thresholds_are_read_from_the_newest_client_states(tmp_path) -> None:
+    import torch
+    from flwr.app import RecordDict
+
+    from fedprune.clients.persist import StateStore
+    from fedprune.clients.state import ClientMemory
+    from fedprune.pruning.soft_movement import CONFIGURED_KEEPS, EFFECTIVE_THRESHOLD
+
+    store = StateStore(tmp_path / "checkpoint" / "clients")
+    for partition, (used, keeps) in enumerate(((0.40, 0.2), (0.46, 0.3))):
+        for step, scale in (((3, 4), 1.0), ((2, 4), 0.5)):  # (3, 4) is the newer: its values count
+            state = RecordDict()
+            ClientMemory(state, "soft-movement").save_pruner_state(
+                {"w": torch.zeros(2), EFFECTIVE_THRESHOLD: torch.tensor(used * scale),
+                 CONFIGURED_KEEPS: torch.tensor(keeps * scale)})
+            store.save(partition, step, state)
+    found = seed_claim.soft_movement_thresholds(tmp_path, 2)
+    assert found == pytest.approx({"effective_threshold": 0.43, "configured_keeps": 0.25})
+    assert seed_claim.soft_movement_thresholds(tmp_path, 0) is None
