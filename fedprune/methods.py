@@ -30,6 +30,7 @@ from fedprune.pruning.magnitude import GlobalMagnitudePruner, MagnitudePruner
 from fedprune.pruning.movement import MovementPruner
 from fedprune.pruning.pruner import Pruner
 from fedprune.pruning.random_masks import RandomPruner
+from fedprune.pruning.soft_movement import SoftMovementPruner
 from fedprune.pruning.taylor import TaylorPruner
 from fedprune.pruning.units import L1StructuredPruner, MIPruner, MIRefitPruner, RandomStructuredPruner, StructuredPruner
 
@@ -118,6 +119,9 @@ METHODS: dict[str, Method] = _registry(
            pruner=GlobalMagnitudePruner),
     Method("movement", "movement pruning: top-v of accumulated -grad*w scores per matrix (Sanh et al. 2020)",
            pruner=MovementPruner),
+    Method("soft-movement", "soft movement pruning: learned scores, one sigmoid threshold over all matrices "
+                            "moved to the schedule's sparsity, L1 penalty on the scores (Sanh et al. 2020)",
+           pruner=SoftMovementPruner),
     Method("random", "a random unstructured mask per client at final_sparsity, fixed", pruner=RandomPruner),
     Method("taylor", "first-order Taylor importance |w * dL/dw| accumulated over the local epochs, per matrix "
                      "(Molchanov et al. 2019)", pruner=TaylorPruner),
