@@ -21,7 +21,6 @@ heads and neurons).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -186,9 +185,15 @@ def post_prune(model: nn.Module, pruner: StructuredPruner, sparsity: float,
     (``fedprune.pruning.reconstruct``) on the first ``CALIBRATION_ROWS`` of ``data.x``.
     Returns the squeezed model and its unit masks; ``model`` is unchanged."""
     units = pruner.prune(model, None, sparsity, data)
+    return refit_squeezed(model, units, data.x), units
+
+
+def refit_squeezed(model: nn.Module, units: Masks, x: torch.Tensor) -> nn.Module:
+    """``model`` squeezed to ``units``, the layers reading pruned units refit towards ``model``
+    on the first ``CALIBRATION_ROWS`` of ``x``; ``model`` is unchanged."""
     small = squeeze(model, units)
-    reconstruct(small, model, units, data.x[:CALIBRATION_ROWS])
-    return small, units
+    reconstruct(small, model, units, x[:CALIBRATION_ROWS])
+    return small
 
 
 @torch.no_grad()
@@ -197,10 +202,7 @@ def refit_step(model: nn.Module, units: Masks, x: torch.Tensor) -> None:
     earlier pruned entries already 0, so it computes its masked twin) is the teacher; the
     layers reading pruned units of the squeezed model are refit towards it on the first
     ``CALIBRATION_ROWS`` of ``x`` and written back; pruned entries become 0."""
-    teacher = copy.deepcopy(model)
-    small = squeeze(model, units)
-    reconstruct(small, teacher, units, x[:CALIBRATION_ROWS])
-    model.load_state_dict(expand(small, model, units))
+    model.load_state_dict(expand(refit_squeezed(model, units, x), model, units))
 
 
 def param_masks(model: nn.Module, units: Masks) -> Masks:
