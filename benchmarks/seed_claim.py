@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedprune.analysis.table import markdown_table
 from fedprune.clients.persist import StateStore
 from fedprune.clients.state import ClientMemory
 from fedprune.pruning.soft_movement import CONFIGURED_KEEPS, EFFECTIVE_THRESHOLD
@@ -163,13 +164,11 @@ def _cell(row: dict, key: str, scale: float, fmt: str) -> str:
 def table(rows: list[dict]) -> str:
     """Markdown table: one line per (setting, sparsity, method), dense first, then the pruned methods."""
     header = ["setting", "sparsity", "method", *(h for h, *_ in COLUMNS), "note"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for row in rows:
-        cells = [_cell(row, key, scale, fmt) for _, key, scale, fmt in COLUMNS]
-        note = chance_note(row) if row.get("setting") == "centralized" else ""
-        lines.append(f"| {row['setting']} | {row['target_sparsity']} | {row['method']} | " + " | ".join(cells)
-                     + f" | {note} |")
-    return "\n".join(lines)
+    return markdown_table(header, [
+        [row["setting"], str(row["target_sparsity"]), row["method"],
+         *(_cell(row, key, scale, fmt) for _, key, scale, fmt in COLUMNS),
+         chance_note(row) if row.get("setting") == "centralized" else ""]
+        for row in rows])
 
 
 def beats(mine: dict, others: list[dict], key: str) -> bool | None:

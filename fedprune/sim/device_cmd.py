@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from fedprune.analysis.table import markdown_table
 from fedprune.config import ConfigError, ExperimentConfig, make_config
 from fedprune.device.budget import within_budget
 from fedprune.device.profiles import profile_threads, profiles_of
@@ -69,9 +70,7 @@ def format_rows(rows: list[dict]) -> str:
                 f"{row['sparsity']:.3f}", f"{row['flops'] / 1e3:.1f}", f"{row['latency_ms']:.4f}",
                 f"{row['speedup']:.2f}", f"{row['onnxruntime_latency_ms']:.4f}", f"{row['onnxruntime_speedup']:.2f}",
                 f"{row['flop_limit']:.2f}", f"{row['stored_bytes'] / 1e3:.1f}", met]
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(COLUMNS, [cells(row) for row in rows])
 
 
 def run_device(run_dir: Path) -> str:

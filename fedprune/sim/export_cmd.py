@@ -41,6 +41,7 @@ from flwr.app import RecordDict
 from torch import nn
 
 from fedprune import partial
+from fedprune.analysis.table import markdown_table
 from fedprune.clients.local_round import keeps_own_tensors, onboard, personal_at_evaluation
 from fedprune.clients.persist import StateStore
 from fedprune.clients.state import ClientMemory
@@ -266,8 +267,7 @@ def format_rows(rows: list[dict]) -> str:
         return [row["method"], str(row["client"]), f"{row['method']}/{row['file']}", str(row["parameters"]),
                 f"{row['sparsity']:.3f}", f"{row['flops_per_example'] / 1e3:.1f}", f"{row['max_abs_diff']:.2e}",
                 "personal" if row["personal_values"] else "server"]
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
+    lines = [markdown_table(COLUMNS, [cells(row) for row in rows])]
     notes: dict[tuple[str, str], list[int]] = {}
     for row in rows:
         notes.setdefault((row["method"], row["values"]), []).append(row["client"])
