@@ -21,7 +21,8 @@ neurons the rest of the budget, so embeddings, LayerNorms and residual adds shri
 Sparsity is the fraction of the prunable weights removed: the weights the unit groups
 own (``fedprune.models.structure.weight_names``). ``flop_limit`` is
 FLOPs(dense) / FLOPs(squeezed) from ``flops_per_example`` (``FlopCounterMode``), which
-counts matrix multiplies only; the target is ``squeezed_speedup >= 0.8 * flop_limit``.
+counts matrix multiplies: the Linear layers and attention's QK^T and AV (CPU fused attention
+included); the target is ``squeezed_speedup >= 0.8 * flop_limit``.
 
 Each latency is the smallest of ``--repeats`` medians (``torch.utils.benchmark``
 ``blocked_autorange``), the three versions of a row measured in interleaved rounds so
@@ -272,9 +273,9 @@ def format_table(rows: list[dict], titles: list[str], min_run_time: float, repea
         "same dense kernels, so it brings no speedup (masked_x ~ 1).",
         "squeezed = L1StructuredPruner (uniform allocation; bert-width with prune_hidden) + squeeze(). "
         "L1 needs no data (MI scores would); at equal per-group counts the method does not change the shapes.",
-        "flop_limit = FLOPs(dense) / FLOPs(squeezed) by FlopCounterMode, which counts matmuls only "
-        "(Linear layers; CPU scaled_dot_product_attention is not counted); embeddings, LayerNorm, "
-        "GELU, softmax and residual adds count 0.",
+        "flop_limit = FLOPs(dense) / FLOPs(squeezed) by FlopCounterMode, which counts matmuls: "
+        "Linear layers and attention's QK^T and AV (scaled_dot_product_attention, CPU kernel included); "
+        "embeddings, LayerNorm, GELU, softmax and residual adds count 0.",
         f"latency = min over {repeats} interleaved round(s) of the torch.utils.benchmark median "
         f"(min_run_time {min_run_time} s); load average at start/end {load[0]:.2f}/{load[1]:.2f}.",
         f"noise gauge: masked_x ranges {min(masked_x):.2f}..{max(masked_x):.2f} (ideal 1.00); "
@@ -300,9 +301,9 @@ def format_table(rows: list[dict], titles: list[str], min_run_time: float, repea
     if any(row["model"] in WIDTH_MODELS for row in missed):
         lines.append(
             "bert-width misses: the width shrinks too, so what remains outside flop_limit is mostly "
-            "attention itself (scaled_dot_product_attention, not counted as FLOPs, scales with the kept "
-            "heads, not with 1 - sparsity), per-call LayerNorm/GELU overhead, and small GEMMs "
-            "that run below peak (see docs/results/device-speedup.md for a profile).")
+            "attention running below GEMM efficiency (fused attention, whose FLOPs shrink with the kept "
+            "heads only), per-call LayerNorm/GELU overhead, and small GEMMs that run below peak "
+            "(see docs/results/device-speedup.md for a profile).")
     if any(row["model"] == "mlp" and not is_noisy(row) for row in missed):
         lines.append(
             "MLP misses: at high sparsity the squeezed matmuls are small, so per-layer overhead "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.utils import benchmark
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 
 @dataclass(frozen=True)
@@ -69,16 +69,26 @@ def time_call(run: Callable[[], object], threads: int = 1, min_run_time: float =
     return Latency(measurement.median * 1e3, measurement.iqr * 1e3, threads)
 
 
+def _cpu_attention_flops(query_shape: torch.Size, key_shape: torch.Size, value_shape: torch.Size,
+                         *args: object, out_shape: object = None, **kwargs: object) -> int:
+    """FLOPs of CPU fused attention: the formula torch uses for its GPU kernels (QK^T and AV)."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# torch's FlopCounterMode has formulas for the CUDA fused-attention kernels only; on CPU,
+# scaled_dot_product_attention runs this one, which it would count as 0 FLOPs.
+_CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+
+
 @torch.no_grad()
 def flops_per_example(model: nn.Module, inputs: object, batch_size: int) -> float:
     """FLOPs of one forward pass divided by ``batch_size``.
 
-    Counts what ``FlopCounterMode`` has formulas for (matmuls, convolutions); on CPU
-    that excludes fused scaled-dot-product attention (QK^T and AV, about 3% of a
-    MiniLM forward at 64 tokens), norms, activations and embeddings.
+    Counts what ``FlopCounterMode`` has formulas for (matmuls, convolutions, attention's
+    QK^T and AV, CPU fused attention included); not norms, activations or embeddings.
     """
     model.eval()
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
     with counter:
         _forward(model, inputs)()
     return counter.get_total_flops() / batch_size
