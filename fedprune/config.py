@@ -158,6 +158,10 @@ class ExperimentConfig:
                                    bounds=at_least(1), section=SCHEDULE)
     prune_frequency: int = setting(1, "prune every dt rounds between start and end", bounds=at_least(1),
                                    section=SCHEDULE)
+    prune_warmup_epochs: int = setting(0, "extra local epochs of dense training a client takes right before its "
+                                       "first pruning step, in that round, so that its first mask (and refit) "
+                                       "is chosen on a model that has learned its task; compute only, no bytes",
+                                       bounds=at_least(0), section=SCHEDULE)
     # partial updates and personalization
     personal_layers: str = setting("none", "`head`: the classifier head never leaves the client (FedPer)",
                                    choices=PERSONAL_LAYERS, section=PERSONAL)

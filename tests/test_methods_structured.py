@@ -314,3 +314,36 @@ def test_mi_refit_keeps_mi_units_and_refits_only_the_consumers(task_identity, cf
             assert np.array_equal(values[key].numpy(), refitted[key].numpy()), key
         for key in ("body.2.weight", "head.weight"):
             assert not np.allclose(values[key].numpy(), refitted[key].numpy()), key
+
+
+def test_warmup_epochs_lengthen_only_the_round_of_the_first_pruning_step(task_identity) -> None:
+    """``prune_warmup_epochs = 2`` with one local epoch: the round that prunes first trains
+    exactly as three local epochs do (same data order, same values sent); later rounds train one."""
+    warm = Federation(make_config({**CFG, "prune_warmup_epochs": 2}), "mi")
+    long = Federation(make_config({**CFG, "local_epochs": 3}), "mi")
+    _, warm_replies = warm.train(1)
+    _, long_replies = long.train(1)
+    for node, mine, theirs in zip(NODES, warm_replies, long_replies):
+        assert all(torch.equal(a, b) for a, b in zip(warm.memory(node).units().values(),
+                                                      long.memory(node).units().values()))
+        ours, same = (wire.values_only(r.content["arrays"]) for r in (mine, theirs))
+        assert all(np.array_equal(ours[k].numpy(), same[k].numpy()) for k in ours)
+    batches = [-(-len(clients_data(warm.cfg)[p].train_y) // 32) for p in NODES.values()]
+    steps = [int(r.content["metrics"]["sgd-steps"]) for r in warm_replies]
+    assert steps == [3 * b for b in batches]
+    _, second = warm.train(2)
+    assert [int(r.content["metrics"]["sgd-steps"]) for r in second] == batches
+
+
+def test_warmup_waits_for_the_first_step_that_prunes(task_identity) -> None:
+    """A cubic schedule from 0 at round 1: round 1's step keeps the model dense (target 0), so
+    the warm-up comes in round 2, whose step makes the first mask, and never again."""
+    cfg = make_config({**CFG, "structured_schedule": "gradual", "prune_start_round": 1, "prune_end_round": 3,
+                       "initial_sparsity": 0.0, "final_sparsity": 0.6, "prune_warmup_epochs": 2})
+    fed = Federation(cfg, "gmp")
+    batches = [-(-len(clients_data(cfg)[p].train_y) // 32) for p in NODES.values()]
+    epochs = []
+    for server_round in (1, 2, 3):
+        _, replies = fed.train(server_round)
+        epochs.append([int(r.content["metrics"]["sgd-steps"]) // b for r, b in zip(replies, batches)])
+    assert epochs == [[1, 1], [3, 3], [1, 1]]

@@ -134,6 +134,16 @@ def make_pruner(method: Method, cfg: ExperimentConfig, model: nn.Module, profile
     return method.pruner(schedule_for(cfg, final), cfg.pruner_options)
 
 
+def warmup_epochs(cfg: ExperimentConfig, pruner: Pruner | None, masks: Masks | None, units: Masks | None,
+                  memory: ClientMemory, server_round: int) -> int:
+    """``prune_warmup_epochs`` when this round's pruning step gives the still-dense client its
+    first mask (a step is due with a target above 0), else 0."""
+    if pruner is None or masks or units:
+        return 0
+    due = pruner.due_at(server_round, memory.pruned_step())
+    return cfg.prune_warmup_epochs if due is not None and due[1] > 0 else 0
+
+
 @dataclass(frozen=True)
 class LocalRound:
     """What a client's round of local training left: its loss, its optimizer steps, its
@@ -157,12 +167,13 @@ def train_and_prune(model: nn.Module, masks: Masks | None, method: Method, cfg: 
     pruner = make_pruner(method, cfg, model, profile, inputs)
     hook = pruner.observe(model, memory.pruner_state()) if pruner is not None else None
     units = memory.units() if method.structured else None
+    epochs = cfg.local_epochs + warmup_epochs(cfg, pruner, masks, units, memory, server_round)
     if units:  # train the squeezed personal model, write it back into full-size coordinates
         small = squeeze(model, units)
-        loss = train_epochs(small, cfg, data, None, cfg.local_epochs, generator)
+        loss = train_epochs(small, cfg, data, None, epochs, generator)
         model.load_state_dict(expand(small, model, units))
     else:
-        loss = train_epochs(model, cfg, data, masks, cfg.local_epochs, generator, after_backward=hook)
+        loss = train_epochs(model, cfg, data, masks, epochs, generator, after_backward=hook)
     if pruner is not None:
         prune_data = PruneData(data.train_x, data.train_y, partition, server_round, cfg.seed)
         last = memory.pruned_step()
@@ -182,7 +193,7 @@ def train_and_prune(model: nn.Module, masks: Masks | None, method: Method, cfg: 
     if keeps_own_tensors(cfg, method):
         memory.save_model(model.state_dict())
     met = -1.0 if profile is None else float(budgets.personal_fits(profile, model, masks, units, inputs))
-    steps = math.ceil(len(data.train_y) / cfg.batch_size) * (cfg.local_epochs + cfg.fedrep_head_epochs)
+    steps = math.ceil(len(data.train_y) / cfg.batch_size) * (epochs + cfg.fedrep_head_epochs)
     return LocalRound(loss, steps, masks, units, met)
 
 
