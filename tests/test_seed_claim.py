@@ -85,6 +85,10 @@ def test_generated_config_is_toml_with_the_same_budget_for_every_method(tmp_path
     shared = {k: v for k, v in config.items() if k in seed_claim.BASE}
     assert shared == {k: v for k, v in central.items() if k in seed_claim.BASE}
     assert central["max_train_examples"] == seed_claim.EXAMPLES
+    long = seed_claim.run_config("centralized-long", 0.9, ["gmp"], False, "data/sst2")
+    assert {k: v for k, v in long.items() if k != "max_train_examples"} == {
+        k: v for k, v in central.items() if k != "max_train_examples"}  # only the examples differ
+    assert long["max_train_examples"] == 8 * seed_claim.EXAMPLES
 
 
 def test_unknown_setting_exits_2(capsys) -> None:
