@@ -60,6 +60,13 @@ def intersect(first: Masks | None, second: Masks | None) -> Masks:
     return result
 
 
+def merge(received: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor],
+          sent: Masks) -> dict[str, torch.Tensor]:
+    """The values a client holds: ``received`` where ``sent`` marks an entry as shared, its
+    ``own`` elsewhere; tensors absent from ``sent`` are ``received`` whole."""
+    return {k: torch.where(sent[k], v, own[k]) if k in sent else v for k, v in received.items()}
+
+
 @dataclass(frozen=True)
 class Sharing:
     """Which entries a client shares in a round: everything but its personal layers, its frozen

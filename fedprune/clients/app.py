@@ -74,7 +74,7 @@ def receive(message: Message, cfg: ExperimentConfig, method: Method, memory: Cli
     else:
         raise ValueError(f"unknown encoding {encoding!r}")
     if own is not None:  # personal entries come from the client itself, never from the server
-        state = {k: torch.where(sent[k], v, own[k]) if k in sent else v for k, v in state.items()}
+        state = partial.merge(state, own, sent)
     state.update({name: template[name] for name in shares.frozen})  # never trained, never sent
     model.load_state_dict(state)
     if masks:

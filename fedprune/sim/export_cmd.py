@@ -118,7 +118,7 @@ def held(cfg: ExperimentConfig, method: Method, saved: dict, partition: int, mem
         return own, masks, units
     # the server's values where the client shares, its own elsewhere
     sent = partial.intersect(masks, sharing(cfg, new_model(cfg, method.model)).shared(partition, cfg.rounds))
-    return {k: torch.where(sent[k], g, own[k]) if k in sent else g for k, g in saved["global"].items()}, masks, units
+    return partial.merge(saved["global"], own, sent), masks, units
 
 
 def replay(cfg: ExperimentConfig, method: Method, values: dict[str, torch.Tensor], masks: Masks | None,
