@@ -54,6 +54,8 @@ def test_table_cells_and_chance_note() -> None:
                         "0.98", "100", "12.0", "near chance"]
     mi = [c.strip() for c in lines[3].strip("|").split("|")]
     assert mi[9] == "-" and mi[-1] == "" and mi[8] == "0.500"
+    federated = {**rows[0], "setting": "federated"}  # a skewed client's majority class is no chance level
+    assert seed_claim.chance_note(federated) == "" and seed_claim.chance_note(rows[0]) == "near chance"
 
 
 def test_claim_checks_need_both_speed_and_accuracy_against_every_weight_method() -> None:
