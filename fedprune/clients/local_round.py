@@ -135,12 +135,12 @@ def make_pruner(method: Method, cfg: ExperimentConfig, model: nn.Module, profile
 
 
 def warmup_epochs(cfg: ExperimentConfig, pruner: Pruner | None, masks: Masks | None, units: Masks | None,
-                  memory: ClientMemory, server_round: int) -> int:
+                  last: int, server_round: int) -> int:
     """``prune_warmup_epochs`` when this round's pruning step gives the still-dense client its
-    first mask (a step is due with a target above 0), else 0."""
+    first mask (a step is due with a target above 0; ``last``: its last pruning step), else 0."""
     if pruner is None or masks or units:
         return 0
-    due = pruner.due_at(server_round, memory.pruned_step())
+    due = pruner.due_at(server_round, last)
     return cfg.prune_warmup_epochs if due is not None and due[1] > 0 else 0
 
 
@@ -167,7 +167,8 @@ def train_and_prune(model: nn.Module, masks: Masks | None, method: Method, cfg: 
     pruner = make_pruner(method, cfg, model, profile, inputs)
     hook = pruner.observe(model, memory.pruner_state()) if pruner is not None else None
     units = memory.units() if method.structured else None
-    epochs = cfg.local_epochs + warmup_epochs(cfg, pruner, masks, units, memory, server_round)
+    last = memory.pruned_step()
+    epochs = cfg.local_epochs + warmup_epochs(cfg, pruner, masks, units, last, server_round)
     if units:  # train the squeezed personal model, write it back into full-size coordinates
         small = squeeze(model, units)
         loss = train_epochs(small, cfg, data, None, epochs, generator)
@@ -176,7 +177,6 @@ def train_and_prune(model: nn.Module, masks: Masks | None, method: Method, cfg: 
         loss = train_epochs(model, cfg, data, masks, epochs, generator, after_backward=hook)
     if pruner is not None:
         prune_data = PruneData(data.train_x, data.train_y, partition, server_round, cfg.seed)
-        last = memory.pruned_step()
         before = units
         masks, units = prune_step(pruner, model, masks, units, prune_data, profile, inputs, last)
         if units is not None and units is not before and pruner.refits:
