@@ -31,11 +31,18 @@ it runs the dense kernels, so a row whose dense and masked latencies disagree by
 than 15% is timed again (``--retries``) and, if it still disagrees, marked ``*``. All
 numbers come from one run.
 
+Runtime: eager PyTorch by default. ``--compile`` times all three versions compiled alike
+by ``torch.compile`` (inductor, static shapes), compiled once per thread count because
+inductor builds its C++ kernels for a fixed thread count; compilation and a first call
+stay out of the timing, and each row records how far compiled and eager outputs differ.
+Inductor needs a C++ compiler (``g++``).
+
 Usage::
 
     python benchmarks/device_speedup.py                 # table on stdout, progress on stderr
     python benchmarks/device_speedup.py --json          # JSON list of rows only on stdout
     python benchmarks/device_speedup.py --quick --json  # MLP, sparsity 0.5, 1 thread (tests)
+    python benchmarks/device_speedup.py --compile       # the same rows, torch.compile'd alike
 """
 
 from __future__ import annotations
@@ -136,13 +143,42 @@ def unstructured_copy(model: nn.Module, names: list[str], sparsity: float) -> tu
     return copied.eval(), mask_sparsity(masks)
 
 
+def logits(model: nn.Module, inputs: object) -> torch.Tensor:
+    out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+    return out.logits if hasattr(out, "logits") else out
+
+
 @torch.no_grad()
 def max_abs_diff(a: nn.Module, b: nn.Module, inputs: object) -> float:
-    def logits(model: nn.Module) -> torch.Tensor:
-        out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
-        return out.logits if hasattr(out, "logits") else out
+    return float((logits(a, inputs) - logits(b, inputs)).abs().max())
 
-    return float((logits(a) - logits(b)).abs().max())
+
+@torch.no_grad()
+def compile_variants(variants: dict[str, nn.Module], inputs: object,
+                     threads: int) -> tuple[dict[str, nn.Module], float]:
+    """Each variant compiled by ``torch.compile`` (inductor, static shapes) for ``threads``
+    threads and called once, and the largest |compiled - eager| output difference.
+
+    Inductor writes the thread count into its C++ kernels (``cpp.threads``, default: torch's
+    count at compile time), so every thread count needs its own compilation; dynamo's
+    caches are reset first so that no kernel built for another count is reused.
+    """
+    torch._dynamo.reset()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    compiled, error = {}, 0.0
+    try:
+        with torch._inductor.config.patch({"cpp.threads": threads}):
+            for name, model in variants.items():
+                compiled[name] = torch.compile(model, dynamic=False)
+                error = max(error, max_abs_diff(compiled[name], model, inputs))
+    except Exception as failure:  # inductor's errors are many and long: name the cause once
+        raise SystemExit(f"--compile: torch.compile failed ({type(failure).__name__}: "
+                         f"{(str(failure).splitlines() or [''])[0][:200]}); inductor needs "
+                         "a C++ compiler (g++) on the PATH") from failure
+    finally:
+        torch.set_num_threads(previous)
+    return compiled, error
 
 
 def time_variants(variants: dict[str, nn.Module], inputs: object, threads: int,
@@ -168,11 +204,13 @@ def thread_counts(quick: bool) -> list[int]:
 
 
 def run(models: Sequence[str], sparsities: Sequence[float], threads: Sequence[int],
-        min_run_time: float, repeats: int, seed: int = 0, retries: int = 2) -> tuple[list[dict], list[str]]:
+        min_run_time: float, repeats: int, seed: int = 0, retries: int = 2,
+        compiled: bool = False) -> tuple[list[dict], list[str]]:
     """Benchmark rows (one per model, sparsity, thread count) and the workload titles.
 
     A row whose dense and masked latencies disagree by more than ``NOISE_BAND`` is timed
     again (at most ``retries`` times), keeping the smallest latency of each version.
+    ``compiled``: time the versions as ``compile_variants`` builds them for each thread count.
     """
     rows, titles = [], []
     for name in models:
@@ -194,8 +232,15 @@ def run(models: Sequence[str], sparsities: Sequence[float], threads: Sequence[in
             kept = {group.name: int(unit_masks[group.name].sum()) for group in groups if group.name in unit_masks}
             log(f"[{name}] sparsity {sparsity}: structured {achieved:.3f}, unstructured "
                 f"{masked_sparsity:.3f}, squeeze-vs-masked max |diff| {error:.2e}")
-            variants = {"dense": work.model, "masked": masked_model, "squeezed": small}
+            eager = {"dense": work.model, "masked": masked_model, "squeezed": small}
             for count in threads:
+                variants, compile_error = eager, None
+                if compiled:
+                    compile_started = time.perf_counter()
+                    variants, compile_error = compile_variants(eager, work.inputs, count)
+                    log(f"[{name}] sparsity {sparsity}, {count} thread(s): compiled in "
+                        f"{time.perf_counter() - compile_started:.0f} s, compiled-vs-eager max |diff| "
+                        f"{compile_error:.2e}")
                 ms = time_variants(variants, work.inputs, count, min_run_time, repeats)
                 for _ in range(retries):  # dense and masked run the same kernels: re-time if they disagree
                     if 1 / NOISE_BAND <= ms["dense"] / ms["masked"] <= NOISE_BAND:
@@ -222,6 +267,8 @@ def run(models: Sequence[str], sparsities: Sequence[float], threads: Sequence[in
                     "dense_flops": dense_flops,
                     "squeezed_flops": squeezed_flops,
                     "squeeze_max_abs_diff": error,
+                    "runtime": "inductor" if compiled else "eager",
+                    "compile_max_abs_diff": compile_error,
                     "kept_units": kept,
                     "batch": work.batch,
                 })
@@ -239,11 +286,15 @@ def is_noisy(row: dict) -> bool:
 
 def format_table(rows: list[dict], titles: list[str], min_run_time: float, repeats: int,
                  load: tuple[float, float]) -> str:
+    compiled = any(row.get("runtime") == "inductor" for row in rows)
+    runtime = ("torch.compile (inductor, static shapes, compiled per thread count), applied to "
+               "dense, masked and squeezed alike" if compiled else "eager PyTorch")
     header = ("model", "sparsity", "struct_sp", "threads", "dense_ms", "masked_ms", "squeezed_ms",
               "masked_x", "squeezed_x", "flop_limit", "ratio", "target")
     lines = [
         f"On-device CPU latency, dense vs masked vs squeezed (torch {torch.__version__}, "
         f"{os.cpu_count()} CPUs, threads 1 and all = {DEFAULT_THREADS})",
+        f"  runtime: {runtime}",
         *(f"  {title}" for title in titles),
         "",
     ]
@@ -283,6 +334,10 @@ def format_table(rows: list[dict], titles: list[str], min_run_time: float, repea
         f"disagree by more than {NOISE_BAND - 1:.0%} although they run the same kernels "
         f"({len(noisy)} row(s)): other load on the machine, read those rows with care.",
     ]
+    if compiled:
+        worst = max(row["compile_max_abs_diff"] for row in rows)
+        lines.append(f"compiled outputs match eager within {worst:.1e} (max |logit diff| over all versions); "
+                     "compilation and a first call are not timed.")
     if DEFAULT_THREADS > 1 and any(row["threads"] > 1 for row in rows):
         lines.append(
             f"threads={DEFAULT_THREADS} uses every core: any other process stalls whole OpenMP "
@@ -325,6 +380,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--retries", type=int, default=None,
                         help="re-time a row up to this many times when dense and masked latencies "
                              "disagree by more than 15%% (default 2; 0 with --quick)")
+    parser.add_argument("--compile", action="store_true",
+                        help="time dense, masked and squeezed compiled alike by torch.compile "
+                             "(inductor; needs g++); default: eager PyTorch")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.models = ["mlp"] if args.quick else [m.strip() for m in args.models.split(",") if m.strip()]
@@ -348,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     started = time.perf_counter()
     rows, titles = run(args.models, sparsities, thread_counts(args.quick), args.min_run_time,
-                       args.repeats, args.seed, args.retries)
+                       args.repeats, args.seed, args.retries, args.compile)
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     log(f"benchmark took {time.perf_counter() - started:.0f} s")
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -96,3 +97,48 @@ def test_table_output_and_options(bench, capsys) -> None:
         bench.parse_args(["--models", "resnet"])
     args = bench.parse_args(["--models", "mlp,bert", "--min-run-time", "0.2"])
     assert args.models == ["mlp", "bert"] and args.min_run_time == 0.2 and args.repeats == 5
+
+
+def test_eager_is_the_default_runtime(bench, quick_rows) -> None:
+    assert quick_rows[0]["runtime"] == "eager" and quick_rows[0]["compile_max_abs_diff"] is None
+    assert not bench.parse_args([]).compile and bench.parse_args(["--compile"]).compile
+    text = bench.format_table(quick_rows, ["MLP"], 0.05, 1, (0.0, 0.0))
+    assert "runtime: eager PyTorch" in text and "compiled outputs" not in text
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="inductor needs a C++ compiler")
+def test_compile_mode_times_compiled_models_that_match_eager(bench) -> None:
+    import contextlib
+    import io
+
+    import torch
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert bench.main(["--quick", "--json", "--compile"]) == 0
+    (row,) = json.loads(out.getvalue())
+    assert row["runtime"] == "inductor" and "compiled in" in err.getvalue()
+    assert 0 <= row["compile_max_abs_diff"] < 1e-4
+    assert row["squeezed_ms"] > 0 and row["flop_limit"] == pytest.approx(2.0, rel=0.02)
+    # Inductor bakes the thread count into its kernels: compile_variants builds them for the
+    # count asked for and leaves torch's own count as it found it.
+    before = torch.get_num_threads()
+    variants, error = bench.compile_variants({"m": torch.nn.Linear(4, 3)}, torch.randn(2, 4), 1)
+    assert torch.get_num_threads() == before and error < 1e-6
+    assert isinstance(variants["m"], torch._dynamo.eval_frame.OptimizedModule)
+    text = bench.format_table([row], ["MLP"], 0.05, 1, (0.0, 0.0))
+    assert "runtime: torch.compile (inductor" in text and "compiled outputs match eager" in text
+
+
+def test_compile_failure_is_one_clear_error(bench, monkeypatch) -> None:
+    import torch
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler found\nlong traceback text")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(SystemExit) as failure:
+        bench.compile_variants({"m": torch.nn.Linear(4, 3)}, torch.randn(2, 4), 1)
+    message = str(failure.value)
+    assert message.startswith("--compile: torch.compile failed (RuntimeError: no compiler found)")
+    assert "g++" in message and "\n" not in message
