@@ -162,6 +162,11 @@ class ExperimentConfig:
                                        "first pruning step, in that round, so that its first mask (and refit) "
                                        "is chosen on a model that has learned its task; compute only, no bytes",
                                        bounds=at_least(0), section=SCHEDULE)
+    prune_before_training: bool = setting(False, "run each round's pruning step on the model the client has just "
+                                          "received, before its local training (the client then trains its "
+                                          "new personal model that round); false: on the model it has just "
+                                          "trained, before it replies. With true, `prune_warmup_epochs` go "
+                                          "to the round before the first pruning step", section=SCHEDULE)
     # partial updates and personalization
     personal_layers: str = setting("none", "`head`: the classifier head never leaves the client (FedPer)",
                                    choices=PERSONAL_LAYERS, section=PERSONAL)

@@ -347,3 +347,46 @@ def test_warmup_waits_for_the_first_step_that_prunes(task_identity) -> None:
         _, replies = fed.train(server_round)
         epochs.append([int(r.content["metrics"]["sgd-steps"]) // b for r, b in zip(replies, batches)])
     assert epochs == [[1, 1], [3, 3], [1, 1]]
+
+
+def test_prune_before_training_prunes_the_received_model_then_trains_it_squeezed(task_identity) -> None:
+    """``prune_before_training`` with the step at round 2: round 1 trains and sends the dense
+    model; in round 2 each client prunes the model it received (the aggregate of round 1,
+    before any local training), trains the squeezed model and sends only its kept values.
+    The default prunes after training, so its round 2 trains the dense model."""
+    schedule = {**CFG, "prune_start_round": 2, "prune_end_round": 2, "prune_warmup_epochs": 2}
+    before = Federation(make_config({**schedule, "prune_before_training": True}), "mi")
+    after = Federation(make_config(schedule), "mi")
+    pruned, trained = [], []
+    original_prune, original_train = local_round.prune_step, local_round.train_epochs
+
+    def prune_spy(pruner, model, *args, **kwargs):
+        pruned.append({k: v.clone() for k, v in model.state_dict().items()})
+        return original_prune(pruner, model, *args, **kwargs)
+
+    def train_spy(model, cfg, data, masks, epochs, *args, **kwargs):
+        trained.append((sum(p.numel() for p in model.parameters()), epochs))
+        return original_train(model, cfg, data, masks, epochs, *args, **kwargs)
+
+    local_round.prune_step, local_round.train_epochs = prune_spy, train_spy
+    try:
+        _, first = before.train(1)
+        assert all("units" not in str(list(r.content["arrays"].keys())) for r in first)
+        full = trained[0][0]
+        # the warm-up goes to round 1, the round before the first pruning step
+        assert trained == [(full, 3), (full, 3)]
+        received = as_tensors(before.arrays)
+        pruned.clear(), trained.clear()
+        _, second = before.train(2)
+        assert len(pruned) == 2
+        for state in pruned:  # the model each client pruned is the one it received
+            assert all(torch.equal(state[k], received[k]) for k in received)
+        assert all(size < full and epochs == 1 for size, epochs in trained)
+        for node, reply in zip(NODES, second):
+            assert value_counts(reply.content["arrays"]) == kept_by_hand(before.memory(node).units())
+        trained.clear()
+        after.train(1)
+        after.train(2)
+        assert trained == [(full, 1), (full, 1), (full, 3), (full, 3)]  # dense, then the warm-up round
+    finally:
+        local_round.prune_step, local_round.train_epochs = original_prune, original_train

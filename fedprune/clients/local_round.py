@@ -136,12 +136,30 @@ def make_pruner(method: Method, cfg: ExperimentConfig, model: nn.Module, profile
 
 def warmup_epochs(cfg: ExperimentConfig, pruner: Pruner | None, masks: Masks | None, units: Masks | None,
                   last: int, server_round: int) -> int:
-    """``prune_warmup_epochs`` when this round's pruning step gives the still-dense client its
-    first mask (a step is due with a target above 0; ``last``: its last pruning step), else 0."""
+    """``prune_warmup_epochs`` in the still-dense client's last dense round, else 0: the round
+    whose pruning step gives it its first mask (a step is due with a target above 0; ``last``: its
+    last pruning step), or with ``prune_before_training`` the round before that step."""
     if pruner is None or masks or units:
         return 0
-    due = pruner.due_at(server_round, last)
+    due = pruner.due_at(server_round + 1 if cfg.prune_before_training else server_round, last)
     return cfg.prune_warmup_epochs if due is not None and due[1] > 0 else 0
+
+
+def prune_on_schedule(pruner: Pruner, model: nn.Module, masks: Masks | None, units: Masks | None,
+                      memory: ClientMemory, data: PruneData, profile: DeviceProfile | None,
+                      inputs: torch.Tensor, last: int) -> tuple[Masks | None, Masks | None]:
+    """This round's pruning step (``prune_step``), the refit of refitting pruners, and the
+    step taken remembered; the model is masked to the result."""
+    before = units
+    masks, units = prune_step(pruner, model, masks, units, data, profile, inputs, last)
+    if units is not None and units is not before and pruner.refits:
+        refit_step(model, units, data.x)
+    due = pruner.due_at(data.step, last)
+    if due is not None:
+        memory.save_pruned_step(due[0])
+    if masks is not None:
+        apply_masks(model, masks)
+    return masks, units
 
 
 @dataclass(frozen=True)
@@ -159,7 +177,8 @@ class LocalRound:
 
 def train_and_prune(model: nn.Module, masks: Masks | None, method: Method, cfg: ExperimentConfig,
                      memory: ClientMemory, partition: int, server_round: int) -> LocalRound:
-    """Train ``model`` in place on the client's data, prune on schedule, remember what to keep."""
+    """Train ``model`` in place on the client's data, prune on schedule (after training, or before it with
+    ``prune_before_training``), remember what to keep."""
     data = clients_data(cfg)[partition]
     generator = training_generator(cfg, method.stream, partition, server_round)
     profile = client_profile(cfg, partition)
@@ -168,6 +187,9 @@ def train_and_prune(model: nn.Module, masks: Masks | None, method: Method, cfg: 
     hook = pruner.observe(model, memory.pruner_state()) if pruner is not None else None
     units = memory.units() if method.structured else None
     last = memory.pruned_step()
+    prune_data = PruneData(data.train_x, data.train_y, partition, server_round, cfg.seed)
+    if pruner is not None and cfg.prune_before_training:  # on the model as received
+        masks, units = prune_on_schedule(pruner, model, masks, units, memory, prune_data, profile, inputs, last)
     epochs = cfg.local_epochs + warmup_epochs(cfg, pruner, masks, units, last, server_round)
     if units:  # train the squeezed personal model, write it back into full-size coordinates
         small = squeeze(model, units)
@@ -176,14 +198,9 @@ def train_and_prune(model: nn.Module, masks: Masks | None, method: Method, cfg: 
     else:
         loss = train_epochs(model, cfg, data, masks, epochs, generator, after_backward=hook)
     if pruner is not None:
-        prune_data = PruneData(data.train_x, data.train_y, partition, server_round, cfg.seed)
-        before = units
-        masks, units = prune_step(pruner, model, masks, units, prune_data, profile, inputs, last)
-        if units is not None and units is not before and pruner.refits:
-            refit_step(model, units, data.train_x)
-        due = pruner.due_at(server_round, last)
-        if due is not None:
-            memory.save_pruned_step(due[0])
+        if not cfg.prune_before_training:  # on the model it has just trained
+            masks, units = prune_on_schedule(pruner, model, masks, units, memory, prune_data, profile, inputs,
+                                             last)
         memory.save_pruner_state(pruner.state())
     if units is not None:
         memory.save_units(units)
