@@ -390,3 +390,23 @@ def test_prune_before_training_prunes_the_received_model_then_trains_it_squeezed
         assert trained == [(full, 1), (full, 1), (full, 3), (full, 3)]  # dense, then the warm-up round
     finally:
         local_round.prune_step, local_round.train_epochs = original_prune, original_train
+
+
+def test_prune_before_training_gives_gmp_the_magnitude_mask_of_the_received_model(task_identity) -> None:
+    """Unstructured pruning before training at round 1 prunes the initial model: each layer
+    keeps exactly the half of its weights largest in |w| there (worked out here with topk),
+    whatever the client then trains, and it sends only the kept values."""
+    cfg = make_config({**CFG, "structured_schedule": "gradual", "prune_before_training": True})
+    fed = Federation(cfg, "gmp")
+    initial = as_tensors(fed.arrays)
+    _, replies = fed.train(1)
+    for node, reply in zip(NODES, replies):
+        mask = fed.memory(node).mask()
+        sent = value_counts(reply.content["arrays"])
+        assert all(sent[name] == int(kept.sum()) for name, kept in mask.items())  # only kept values
+        assert sorted(mask) == ["body.0.weight", "body.2.weight", "head.weight"]
+        for name, kept in mask.items():
+            magnitude = initial[name].abs().flatten()
+            expected = torch.zeros_like(magnitude, dtype=torch.bool)
+            expected[torch.topk(magnitude, magnitude.numel() // 2).indices] = True
+            assert torch.equal(kept.flatten(), expected), name
