@@ -371,7 +371,7 @@ def test_prune_before_training_prunes_the_received_model_then_trains_it_squeezed
     local_round.prune_step, local_round.train_epochs = prune_spy, train_spy
     try:
         _, first = before.train(1)
-        assert all("units" not in str(list(r.content["arrays"].keys())) for r in first)
+        assert not any(key.startswith(wire.UNITS_PREFIX) for r in first for key in r.content["arrays"])
         full = trained[0][0]
         # the warm-up goes to round 1, the round before the first pruning step
         assert trained == [(full, 3), (full, 3)]
@@ -383,6 +383,7 @@ def test_prune_before_training_prunes_the_received_model_then_trains_it_squeezed
             assert all(torch.equal(state[k], received[k]) for k in received)
         assert all(size < full and epochs == 1 for size, epochs in trained)
         for node, reply in zip(NODES, second):
+            assert any(key.startswith(wire.UNITS_PREFIX) for key in reply.content["arrays"])
             assert value_counts(reply.content["arrays"]) == kept_by_hand(before.memory(node).units())
         trained.clear()
         after.train(1)
@@ -395,11 +396,25 @@ def test_prune_before_training_prunes_the_received_model_then_trains_it_squeezed
 def test_prune_before_training_gives_gmp_the_magnitude_mask_of_the_received_model(task_identity) -> None:
     """Unstructured pruning before training at round 1 prunes the initial model: each layer
     keeps exactly the half of its weights largest in |w| there (worked out here with topk),
-    whatever the client then trains, and it sends only the kept values."""
+    whatever the client then trains, and it sends only the kept values. Training starts from
+    the pruned model: its first forward pass already sees the pruned weights as 0."""
     cfg = make_config({**CFG, "structured_schedule": "gradual", "prune_before_training": True})
     fed = Federation(cfg, "gmp")
     initial = as_tensors(fed.arrays)
-    _, replies = fed.train(1)
+    zeros_at_start = []
+    original = local_round.train_epochs
+
+    def spy(model, cfg, data, masks, *args, **kwargs):
+        params = dict(model.named_parameters())
+        zeros_at_start.append(all(not params[n][~m].any() for n, m in masks.items()))
+        return original(model, cfg, data, masks, *args, **kwargs)
+
+    local_round.train_epochs = spy
+    try:
+        _, replies = fed.train(1)
+    finally:
+        local_round.train_epochs = original
+    assert zeros_at_start == [True, True]
     for node, reply in zip(NODES, replies):
         mask = fed.memory(node).mask()
         sent = value_counts(reply.content["arrays"])

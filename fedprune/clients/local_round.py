@@ -149,7 +149,7 @@ def prune_on_schedule(pruner: Pruner, model: nn.Module, masks: Masks | None, uni
                       memory: ClientMemory, data: PruneData, profile: DeviceProfile | None,
                       inputs: torch.Tensor, last: int) -> tuple[Masks | None, Masks | None]:
     """This round's pruning step (``prune_step``), the refit of refitting pruners, and the
-    step taken remembered; the model is masked to the result."""
+    step taken remembered. The caller masks the model to the result."""
     before = units
     masks, units = prune_step(pruner, model, masks, units, data, profile, inputs, last)
     if units is not None and units is not before and pruner.refits:
@@ -157,8 +157,6 @@ def prune_on_schedule(pruner: Pruner, model: nn.Module, masks: Masks | None, uni
     due = pruner.due_at(data.step, last)
     if due is not None:
         memory.save_pruned_step(due[0])
-    if masks is not None:
-        apply_masks(model, masks)
     return masks, units
 
 
@@ -188,8 +186,14 @@ def train_and_prune(model: nn.Module, masks: Masks | None, method: Method, cfg: 
     units = memory.units() if method.structured else None
     last = memory.pruned_step()
     prune_data = PruneData(data.train_x, data.train_y, partition, server_round, cfg.seed)
+
+    def prune(pruner: Pruner, masks: Masks | None, units: Masks | None) -> tuple[Masks | None, Masks | None]:
+        return prune_on_schedule(pruner, model, masks, units, memory, prune_data, profile, inputs, last)
+
     if pruner is not None and cfg.prune_before_training:  # on the model as received
-        masks, units = prune_on_schedule(pruner, model, masks, units, memory, prune_data, profile, inputs, last)
+        masks, units = prune(pruner, masks, units)
+        if masks is not None:  # training masks gradients and steps, not the first forward pass
+            apply_masks(model, masks)
     epochs = cfg.local_epochs + warmup_epochs(cfg, pruner, masks, units, last, server_round)
     if units:  # train the squeezed personal model, write it back into full-size coordinates
         small = squeeze(model, units)
@@ -199,8 +203,7 @@ def train_and_prune(model: nn.Module, masks: Masks | None, method: Method, cfg: 
         loss = train_epochs(model, cfg, data, masks, epochs, generator, after_backward=hook)
     if pruner is not None:
         if not cfg.prune_before_training:  # on the model it has just trained
-            masks, units = prune_on_schedule(pruner, model, masks, units, memory, prune_data, profile, inputs,
-                                             last)
+            masks, units = prune(pruner, masks, units)
         memory.save_pruner_state(pruner.state())
     if units is not None:
         memory.save_units(units)
