@@ -3,6 +3,7 @@ global model exists, mask diagnostics, validation parts, local pruning, and new 
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 from pathlib import Path
@@ -11,9 +12,11 @@ import datasets
 import pytest
 import torch
 
+from fedprune.clients.local_round import onboard
 from fedprune.config import make_config
 from fedprune.data.federation import clients_data, new_partitions
 from fedprune.data.partition import client_split, make_partitioner
+from fedprune.methods import METHODS
 from fedprune.models.factory import new_model
 from fedprune.pruning.diagnostics import jaccard, magnitude_overlap, mean_pairwise_jaccard
 from fedprune.server.experiment import run_method
@@ -176,6 +179,24 @@ def test_new_clients_never_train_before_the_last_round(task_identity, tmp_path) 
     assert [r["client"] for r in of(records, "onboard")] == [3]  # its one message is counted
     assert row["new_client_accuracy_mean"] == onboarded["accuracy"] == row["new_client_accuracy_min"]
     assert row["evaluated_clients"] == 3
+
+
+def test_a_new_mi_refit_client_refits_after_its_selection(task_identity) -> None:
+    """A new ``mi-refit`` client takes its method's step: the same MI units as a new ``mi``
+    client, then the refit, so its squeezed model reproduces the final model's logits on its
+    training rows more closely (no fine-tuning here, so nothing else differs)."""
+    cfg = make_config({**CFG, "num_clients": 4, "new_clients": 1, "finetune_epochs": 0})
+    torch.manual_seed(0)
+    final = new_model(cfg)
+    x = clients_data(cfg)[3].train_x
+    with torch.no_grad():
+        target = final(x)
+    made = {name: onboard(copy.deepcopy(final), METHODS[name], cfg, 3, cfg.rounds) for name in ("mi", "mi-refit")}
+    for unit in made["mi"][2]:
+        assert torch.equal(made["mi"][2][unit], made["mi-refit"][2][unit])
+    with torch.no_grad():
+        error = {name: float(((made[name][0](x) - target) ** 2).mean()) for name in made}
+    assert error["mi-refit"] < 0.9 * error["mi"]
 
 
 # ---- the sweep ---------------------------------------------------------------------------

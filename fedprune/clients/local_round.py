@@ -258,7 +258,8 @@ def onboard(model: nn.Module, method: Method, cfg: ExperimentConfig, partition: 
       the run's ``rounds`` rounds, pruning on schedule, as its clients did.
     - Otherwise the method's pruner prunes the final model to ``final_sparsity`` on the
       client's training data (a pruner that learns from training, such as movement or
-      taylor, first sees ``finetune_epochs`` of it), the pruned model is fine-tuned for
+      taylor, first sees ``finetune_epochs`` of it; a refitting pruner, ``mi-refit``, then
+      refits as at its clients' pruning steps), the pruned model is fine-tuned for
       ``finetune_epochs``, then the method's own evaluation step follows (``fedavg-ft``
       fine-tunes, ``mi-post`` prunes and refits). ``fedavg`` evaluates the final model as is.
     """
@@ -279,6 +280,8 @@ def onboard(model: nn.Module, method: Method, cfg: ExperimentConfig, partition: 
                          training_generator(cfg, "onboard-scores", partition), after_backward=hook)
         chosen = pruner.prune(model, None, cfg.final_sparsity,
                               PruneData(data.train_x, data.train_y, partition, server_round, cfg.seed))
+        if pruner.structured and pruner.refits:  # the method's own step, as its clients take it
+            refit_step(model, chosen, data.train_x)
         masks, units = (param_masks(model, chosen), chosen) if pruner.structured else (chosen, None)
         apply_masks(model, masks)
         tuned = squeeze(model, units) if units else model
