@@ -37,6 +37,12 @@ inductor builds its C++ kernels for a fixed thread count; compilation and a firs
 stay out of the timing, and each row records how far compiled and eager outputs differ.
 Inductor needs a C++ compiler (``g++``).
 
+GPU rows: where ``torch.cuda.is_available()``, the BERT workloads are also timed on the GPU
+(dense vs squeezed, eager, batch 1 and 32 of the same 64-token inputs), after the CPU rows, in
+a table of their own and in the JSON with ``"device": "cuda"``. They carry no target: the
+target above is for the CPU rows (``"device": "cpu"``). Without a GPU there are none; the
+benchmark never needs one.
+
 Usage::
 
     python benchmarks/device_speedup.py                 # table on stdout, progress on stderr
@@ -72,6 +78,7 @@ from fedprune.pruning.units import L1StructuredPruner
 MODELS = ("mlp", "bert", "bert-width")
 WIDTH_MODELS = ("bert-width",)  # structured pruning with prune_hidden
 SPARSITIES = (0.5, 0.7, 0.9)
+GPU_BATCHES = (1, 32)
 TARGET_RATIO = 0.8
 NOISE_BAND = 1.15  # masked runs the dense kernels: masked_x outside [1/1.15, 1.15] is noise
 DEFAULT_THREADS = torch.get_num_threads()  # read at import, before any set_num_threads
@@ -253,6 +260,7 @@ def run(models: Sequence[str], sparsities: Sequence[float], threads: Sequence[in
                 limit = dense_flops / squeezed_flops
                 rows.append({
                     "model": name,
+                    "device": "cpu",
                     "sparsity": sparsity,
                     "threads": count,
                     "dense_ms": ms["dense"],
@@ -277,6 +285,58 @@ def run(models: Sequence[str], sparsities: Sequence[float], threads: Sequence[in
                     f"(x{speedup:.2f}, limit x{limit:.2f})")
         log(f"[{name}] done in {time.perf_counter() - started:.0f} s")
     return rows, titles
+
+
+def batch_of(inputs: dict[str, torch.Tensor], size: int, device: str) -> dict[str, torch.Tensor]:
+    """The first ``size`` rows of BERT keyword ``inputs``, on ``device``."""
+    return {key: value[:size].to(device) for key, value in inputs.items()}
+
+
+def gpu_rows(models: Sequence[str], sparsities: Sequence[float], min_run_time: float, repeats: int,
+             seed: int = 0, device: str = "cuda") -> list[dict]:
+    """Dense vs squeezed latency of the BERT workloads on ``device`` (eager), one row per model,
+    sparsity and batch in ``GPU_BATCHES``: the units and squeezed shapes of the CPU rows, moved
+    to ``device`` after squeezing. FLOP limits are per example, so they do not depend on the batch."""
+    label = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
+    rows = []
+    for name in [name for name in models if name != "mlp"]:
+        work = BUILDERS[name](seed)
+        log(f"[{name} on {label}] {work.title}")
+        groups = unit_groups(work.model)
+        dense_flops = flops_per_example(work.model, work.inputs, work.batch)
+        for sparsity in sparsities:
+            unit_masks = structured_units(work.model, sparsity, name in WIDTH_MODELS)
+            small = squeeze(work.model, unit_masks, groups).eval()
+            limit = dense_flops / flops_per_example(small, work.inputs, work.batch)
+            achieved = unit_sparsity(work.model, groups, unit_masks)
+            variants = {"dense": work.model.to(device), "squeezed": small.to(device)}
+            for size in GPU_BATCHES:
+                ms = time_variants(variants, batch_of(work.inputs, size, device), 1, min_run_time, repeats)
+                speedup = ms["dense"] / ms["squeezed"]
+                rows.append({"model": name, "device": "cuda" if device.startswith("cuda") else device,
+                             "device_name": label, "sparsity": sparsity, "batch": size,
+                             "tokens": BERT["tokens"], "dense_ms": ms["dense"], "squeezed_ms": ms["squeezed"],
+                             "squeezed_speedup": speedup, "flop_limit": limit, "ratio_to_limit": speedup / limit,
+                             "structured_sparsity": achieved, "runtime": "eager"})
+                log(f"[{name} on {label}] sparsity {sparsity}, batch {size}: dense {ms['dense']:.2f} ms, "
+                    f"squeezed {ms['squeezed']:.2f} ms (x{speedup:.2f}, limit x{limit:.2f})")
+            work.model.cpu()  # the next sparsity selects and counts FLOPs on the CPU
+    return rows
+
+
+def format_gpu_table(rows: list[dict]) -> str:
+    """The GPU rows as a table of their own: informational, no target."""
+    header = ("model", "sparsity", "batch", "dense_ms", "squeezed_ms", "squeezed_x", "flop_limit", "ratio")
+    table = [header] + [(
+        row["model"], f"{row['sparsity']:.1f}", str(row["batch"]), f"{row['dense_ms']:.2f}",
+        f"{row['squeezed_ms']:.2f}", f"{row['squeezed_speedup']:.2f}", f"{row['flop_limit']:.2f}",
+        shown_ratio(row["ratio_to_limit"])) for row in rows]
+    widths = [max(len(cells[i]) for cells in table) for i in range(len(header))]
+    return "\n".join([
+        f"GPU latency ({rows[0]['device_name']}), dense vs squeezed, eager, {BERT['tokens']} tokens per "
+        "example; no target (batch 1 measures kernel launches more than FLOPs):",
+        *("  ".join(cell.rjust(width) for cell, width in zip(cells, widths)) for cells in table),
+    ])
 
 
 def shown_ratio(ratio: float) -> str:
@@ -412,12 +472,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     rows, titles = run(args.models, sparsities, thread_counts(args.quick), args.min_run_time,
                        args.repeats, args.seed, args.retries, args.compile)
+    gpu = [] if args.quick or not torch.cuda.is_available() else gpu_rows(
+        args.models, sparsities, args.min_run_time, args.repeats, args.seed)
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     log(f"benchmark took {time.perf_counter() - started:.0f} s")
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows + gpu, indent=2))
     else:
         print(format_table(rows, titles, args.min_run_time, args.repeats, (load_start, load_end)))
+        if gpu:
+            print("\n" + format_gpu_table(gpu))
     return 0
 
 

@@ -146,3 +146,28 @@ def test_compile_failure_is_one_clear_error(bench, monkeypatch) -> None:
     message = str(failure.value)
     assert message.startswith("--compile: torch.compile failed (RuntimeError: no compiler found)")
     assert "g++" in message and "\n" not in message
+
+
+def test_gpu_rows_time_dense_and_squeezed_at_batch_1_and_32_on_the_device(bench, monkeypatch) -> None:
+    """The GPU rows' code path, run on the CPU (no GPU here): every (model, sparsity) is timed
+    at both batches, with the inputs and both models on the requested device, and the rows
+    print in a table of their own that the CPU target count leaves out."""
+    monkeypatch.setattr(bench, "BERT", dict(bench.BERT, layers=1, hidden=32, heads=4, intermediate=64,
+                                            vocab=50, tokens=8))
+    timed, measure = [], bench.measure_latency
+
+    def fake_latency(model, inputs, threads=1, min_run_time=0.3, warmup=3):
+        timed.append((inputs["input_ids"].shape, next(model.parameters()).device.type,
+                      sum(p.numel() for p in model.parameters())))
+        return measure(model, inputs, threads, 0.001, warmup=0)
+
+    monkeypatch.setattr(bench, "measure_latency", fake_latency)
+    rows = bench.gpu_rows(["mlp", "bert-width"], [0.5], 0.001, 1, device="cpu")
+    assert [(r["model"], r["batch"], r["device"]) for r in rows] == [("bert-width", 1, "cpu"),
+                                                                     ("bert-width", 32, "cpu")]
+    assert sorted({shape[0] for shape, _, _ in timed}) == [1, 32]
+    assert {shape[1] for shape, _, _ in timed} == {8} and {where for _, where, _ in timed} == {"cpu"}
+    assert len({size for _, _, size in timed}) == 2  # the dense and the squeezed model
+    assert rows[0]["flop_limit"] == rows[1]["flop_limit"] > 1.5  # per example: the batch does not change it
+    text = bench.format_gpu_table(rows)
+    assert "no target" in text and len(text.splitlines()) == 4
