@@ -199,31 +199,6 @@ def test_a_new_mi_refit_client_refits_after_its_selection(task_identity) -> None
     assert error["mi-refit"] < 0.9 * error["mi"]
 
 
-def test_a_new_mi_refit_client_fine_tunes_its_teacher_first(task_identity, monkeypatch) -> None:
-    """With ``finetune_epochs`` > 0 a new ``mi-refit`` client trains the final model on its own
-    data before it selects and refits (the final model holds stale values where no client kept
-    a unit); a new ``mi`` client fine-tunes only after pruning."""
-    import fedprune.clients.local_round as local_round
-
-    cfg = make_config({**CFG, "num_clients": 4, "new_clients": 1, "finetune_epochs": 1})
-    calls: list[str] = []
-    train = local_round.train_epochs
-
-    def counted(model, *args, **kwargs):
-        calls.append("full" if sum(p.numel() for p in model.parameters()) == full_size else "squeezed")
-        return train(model, *args, **kwargs)
-
-    monkeypatch.setattr(local_round, "train_epochs", counted)
-    torch.manual_seed(0)
-    final = new_model(cfg)
-    full_size = sum(p.numel() for p in final.parameters())
-    onboard(copy.deepcopy(final), METHODS["mi"], cfg, 3, cfg.rounds)
-    assert calls == ["squeezed"]
-    calls.clear()
-    onboard(copy.deepcopy(final), METHODS["mi-refit"], cfg, 3, cfg.rounds)
-    assert calls == ["full", "squeezed"]
-
-
 # ---- the sweep ---------------------------------------------------------------------------
 def load_sweep():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "sweep.py"

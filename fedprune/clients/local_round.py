@@ -258,10 +258,8 @@ def onboard(model: nn.Module, method: Method, cfg: ExperimentConfig, partition: 
       the run's ``rounds`` rounds, pruning on schedule, as its clients did.
     - Otherwise the method's pruner prunes the final model to ``final_sparsity`` on the
       client's training data (a pruner that learns from training, such as movement or
-      taylor, first sees ``finetune_epochs`` of it; so does a refitting pruner, ``mi-refit``,
-      whose refit then fits the pruned layers to that fine-tuned model, as its clients' refit
-      fits them to their own trained model: the final model itself holds stale values wherever
-      no client kept a unit), the pruned model is fine-tuned for
+      taylor, first sees ``finetune_epochs`` of it; a refitting pruner, ``mi-refit``, then
+      refits as at its clients' pruning steps), the pruned model is fine-tuned for
       ``finetune_epochs``, then the method's own evaluation step follows (``fedavg-ft``
       fine-tunes, ``mi-post`` prunes and refits). ``fedavg`` evaluates the final model as is.
     """
@@ -277,7 +275,7 @@ def onboard(model: nn.Module, method: Method, cfg: ExperimentConfig, partition: 
     if method.pruner is not None:
         pruner = method.pruner(schedule_for(cfg, cfg.final_sparsity), cfg.pruner_options)
         hook = pruner.observe(model, None)
-        if hook is not None or pruner.refits:  # scores to learn, or a teacher for the refit
+        if hook is not None:
             train_epochs(model, finetuning(cfg), data, None, cfg.finetune_epochs,
                          training_generator(cfg, "onboard-scores", partition), after_backward=hook)
         chosen = pruner.prune(model, None, cfg.final_sparsity,
