@@ -140,6 +140,16 @@ def structured_units(model: nn.Module, sparsity: float, width: bool) -> dict[str
     return pruner.prune(model, None, sparsity, PruneData(torch.empty(0), torch.empty(0)))
 
 
+def squeezed_version(work: Workload, groups: list, sparsity: float,
+                     width: bool) -> tuple[nn.Module, dict[str, torch.Tensor], float, float]:
+    """The squeezed model of ``work`` at ``sparsity`` (``structured_units``), its unit masks,
+    its achieved structured sparsity and its FLOPs per example."""
+    unit_masks = structured_units(work.model, sparsity, width)
+    small = squeeze(work.model, unit_masks, groups).eval()
+    return (small, unit_masks, unit_sparsity(work.model, groups, unit_masks),
+            flops_per_example(small, work.inputs, work.batch))
+
+
 def unstructured_copy(model: nn.Module, names: list[str], sparsity: float) -> tuple[nn.Module, float]:
     """A copy of ``model`` with per-layer magnitude masks at ``sparsity`` on ``names``."""
     params = dict(model.named_parameters())
@@ -230,10 +240,7 @@ def run(models: Sequence[str], sparsities: Sequence[float], threads: Sequence[in
         width = name in WIDTH_MODELS
         dense_flops = flops_per_example(work.model, work.inputs, work.batch)
         for sparsity in sparsities:
-            unit_masks = structured_units(work.model, sparsity, width)
-            small = squeeze(work.model, unit_masks, groups).eval()
-            achieved = unit_sparsity(work.model, groups, unit_masks)
-            squeezed_flops = flops_per_example(small, work.inputs, work.batch)
+            small, unit_masks, achieved, squeezed_flops = squeezed_version(work, groups, sparsity, width)
             error = max_abs_diff(small, masked(work.model, unit_masks, groups), work.inputs)
             masked_model, masked_sparsity = unstructured_copy(work.model, names, sparsity)
             kept = {group.name: int(unit_masks[group.name].sum()) for group in groups if group.name in unit_masks}
@@ -297,31 +304,36 @@ def gpu_rows(models: Sequence[str], sparsities: Sequence[float], min_run_time: f
     """Dense vs squeezed latency of the BERT workloads on ``device`` (eager), one row per model,
     sparsity and batch in ``GPU_BATCHES``: the units and squeezed shapes of the CPU rows, moved
     to ``device`` after squeezing. FLOP limits are per example, so they do not depend on the batch."""
-    label = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
+    kind = "cuda" if device.startswith("cuda") else device
+    label = torch.cuda.get_device_name(device) if kind == "cuda" else device
     rows = []
     for name in [name for name in models if name != "mlp"]:
         work = BUILDERS[name](seed)
         log(f"[{name} on {label}] {work.title}")
         groups = unit_groups(work.model)
         dense_flops = flops_per_example(work.model, work.inputs, work.batch)
-        for sparsity in sparsities:
-            unit_masks = structured_units(work.model, sparsity, name in WIDTH_MODELS)
-            small = squeeze(work.model, unit_masks, groups).eval()
-            limit = dense_flops / flops_per_example(small, work.inputs, work.batch)
-            achieved = unit_sparsity(work.model, groups, unit_masks)
-            variants = {"dense": work.model.to(device), "squeezed": small.to(device)}
+        squeezed = [squeezed_version(work, groups, sparsity, name in WIDTH_MODELS) for sparsity in sparsities]
+        dense = work.model.to(device)  # selection and FLOP counts above ran on the CPU
+        for sparsity, (small, _, achieved, small_flops) in zip(sparsities, squeezed, strict=True):
+            limit = dense_flops / small_flops
+            variants = {"dense": dense, "squeezed": small.to(device)}
             for size in GPU_BATCHES:
                 ms = time_variants(variants, batch_of(work.inputs, size, device), 1, min_run_time, repeats)
                 speedup = ms["dense"] / ms["squeezed"]
-                rows.append({"model": name, "device": "cuda" if device.startswith("cuda") else device,
+                rows.append({"model": name, "device": kind,
                              "device_name": label, "sparsity": sparsity, "batch": size,
                              "tokens": BERT["tokens"], "dense_ms": ms["dense"], "squeezed_ms": ms["squeezed"],
                              "squeezed_speedup": speedup, "flop_limit": limit, "ratio_to_limit": speedup / limit,
                              "structured_sparsity": achieved, "runtime": "eager"})
                 log(f"[{name} on {label}] sparsity {sparsity}, batch {size}: dense {ms['dense']:.2f} ms, "
                     f"squeezed {ms['squeezed']:.2f} ms (x{speedup:.2f}, limit x{limit:.2f})")
-            work.model.cpu()  # the next sparsity selects and counts FLOPs on the CPU
     return rows
+
+
+def aligned(table: list[tuple[str, ...]]) -> list[str]:
+    """Rows of cells right-aligned in columns two spaces apart."""
+    widths = [max(len(cells[i]) for cells in table) for i in range(len(table[0]))]
+    return ["  ".join(cell.rjust(width) for cell, width in zip(cells, widths)) for cells in table]
 
 
 def format_gpu_table(rows: list[dict]) -> str:
@@ -331,11 +343,10 @@ def format_gpu_table(rows: list[dict]) -> str:
         row["model"], f"{row['sparsity']:.1f}", str(row["batch"]), f"{row['dense_ms']:.2f}",
         f"{row['squeezed_ms']:.2f}", f"{row['squeezed_speedup']:.2f}", f"{row['flop_limit']:.2f}",
         shown_ratio(row["ratio_to_limit"])) for row in rows]
-    widths = [max(len(cells[i]) for cells in table) for i in range(len(header))]
     return "\n".join([
         f"GPU latency ({rows[0]['device_name']}), dense vs squeezed, eager, {BERT['tokens']} tokens per "
         "example; no target (batch 1 measures kernel launches more than FLOPs):",
-        *("  ".join(cell.rjust(width) for cell, width in zip(cells, widths)) for cells in table),
+        *aligned(table),
     ])
 
 
@@ -373,9 +384,7 @@ def format_table(rows: list[dict], titles: list[str], min_run_time: float, repea
             f"{row['squeezed_speedup']:.2f}", f"{row['flop_limit']:.2f}",
             shown_ratio(row["ratio_to_limit"]), met + ("*" if is_noisy(row) else ""),
         ))
-    widths = [max(len(cells[i]) for cells in table) for i in range(len(header))]
-    for cells in table:
-        lines.append("  ".join(cell.rjust(width) for cell, width in zip(cells, widths)))
+    lines += aligned(table)
     missed = [row for row in rows if row["ratio_to_limit"] < TARGET_RATIO]
     noisy = [row for row in rows if is_noisy(row)]
     masked_x = [row["masked_speedup"] for row in rows]
