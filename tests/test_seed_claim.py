@@ -117,3 +117,50 @@ def test_soft_movement_thresholds_are_read_from_the_newest_client_states(tmp_pat
     found = seed_claim.soft_movement_thresholds(tmp_path, 2)
     assert found == pytest.approx({"effective_threshold": 0.43, "configured_keeps": 0.25})
     assert seed_claim.soft_movement_thresholds(tmp_path, 0) is None
+
+
+def test_xl_setting_differs_from_centralized_only_in_its_32x_examples() -> None:
+    central = seed_claim.run_config("centralized", 0.9, ["gmp"], False, "data/sst2")
+    xl = seed_claim.run_config("centralized-xl", 0.9, ["gmp"], False, "data/sst2")
+    assert {k: v for k, v in xl.items() if k != "max_train_examples"} == {
+        k: v for k, v in central.items() if k != "max_train_examples"}
+    # 8,192 sentences, minibatches of 16: 512 optimizer steps per round
+    assert xl["max_train_examples"] == 8192 and xl["max_train_examples"] // xl["batch_size"] == 512
+
+
+def test_methods_option_runs_only_the_chosen_methods(tmp_path, monkeypatch) -> None:
+    launched: list[tuple[str, list[str]]] = []
+
+    def fake_run(run_dir: Path, config: dict, config_dir: Path) -> int:
+        launched.append((run_dir.name, config["methods"]))
+        _run_folder(run_dir, [_summary(m, 0.8, 0.8, 0.9, 1e8) for m in config["methods"]], {})
+        return 0
+
+    monkeypatch.setattr(seed_claim, "_run", fake_run)
+    assert seed_claim.main(["--settings", "centralized-xl", "--sparsities", "0.5,0.9", "--out", str(tmp_path),
+                            "--methods", "movement,mi", "--json"]) == 0
+    # the registry's order, not the option's; fedavg (not chosen) is not run at the first sparsity
+    assert launched == [("centralized-xl-s0.5", ["mi", "movement"]), ("centralized-xl-s0.9", ["mi", "movement"])]
+
+
+def test_methods_option_with_only_fedavg_runs_once_and_repeats_its_row(tmp_path, monkeypatch, capsys) -> None:
+    launched: list[str] = []
+
+    def fake_run(run_dir: Path, config: dict, config_dir: Path) -> int:
+        launched.append(run_dir.name)
+        _run_folder(run_dir, [_summary(m, 0.8, 0.8, 0.0, 1e9) for m in config["methods"]], {})
+        return 0
+
+    monkeypatch.setattr(seed_claim, "_run", fake_run)
+    assert seed_claim.main(["--settings", "centralized", "--sparsities", "0.5,0.9", "--out", str(tmp_path),
+                            "--methods", "fedavg", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert launched == ["centralized-s0.5"]
+    assert [(r["method"], r["target_sparsity"]) for r in rows] == [("fedavg", 0.5), ("fedavg", 0.9)]
+
+
+def test_unknown_method_exits_2_before_running_anything(tmp_path, capsys) -> None:
+    assert seed_claim.main(["--methods", "mi,magnitude", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--methods" in err and "'magnitude'" in err and "soft-movement" in err
+    assert not any(tmp_path.iterdir())
