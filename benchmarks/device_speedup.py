@@ -24,6 +24,11 @@ FLOPs(dense) / FLOPs(squeezed) from ``flops_per_example`` (``FlopCounterMode``),
 counts matrix multiplies: the Linear layers and attention's QK^T and AV (CPU fused attention
 included); the target is ``squeezed_speedup >= 0.8 * flop_limit``.
 
+Memory: the process first calls ``keep_freed_memory`` (glibc), so that no version pays page
+faults for its activation buffers on every pass and no workload's timings depend on which
+workloads ran before it in the process (without it, a fresh process's dense BERT faults about
+20,000 pages per forward pass, and does not after the MLP rows have run).
+
 Each latency is the smallest of ``--repeats`` medians (``torch.utils.benchmark``
 ``blocked_autorange``), the three versions of a row measured in interleaved rounds so
 that load from other processes hits them alike. ``masked`` doubles as a noise gauge:
@@ -66,7 +71,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedprune.device import flops_per_example, measure_latency
+from fedprune.device import flops_per_example, keep_freed_memory, measure_latency
 from fedprune.models import MLP
 from fedprune.models.structure import unit_groups, weight_names
 from fedprune.pruning import apply_masks, magnitude_masks, mask_sparsity, masked, squeeze
@@ -476,6 +481,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if not keep_freed_memory():
+        log("note: no glibc mallopt here; large buffers may be page-faulted in again on every forward pass, "
+            "differently for each workload")
     sparsities = (0.5,) if args.quick else SPARSITIES
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     started = time.perf_counter()

@@ -24,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import device_speedup as bench  # noqa: E402  (the sibling script, not a package)
 
-from fedprune.device import flops_per_example  # noqa: E402
+from fedprune.device import flops_per_example, keep_freed_memory  # noqa: E402
 from fedprune.pruning import squeeze  # noqa: E402
 
 
@@ -47,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--top", type=int, default=8)
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as device_speedup.py: no per-pass page faults in either model
     torch.set_num_threads(args.threads)
     work = bench.BUILDERS[args.model](0)
     units = bench.structured_units(work.model, args.sparsity, args.model in bench.WIDTH_MODELS)

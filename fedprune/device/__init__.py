@@ -3,6 +3,7 @@
 from fedprune.device.cost import (
     Latency,
     flops_per_example,
+    keep_freed_memory,
     measure_latency,
     parameter_bytes,
     parameter_count,
@@ -12,6 +13,7 @@ from fedprune.device.cost import (
 __all__ = [
     "Latency",
     "flops_per_example",
+    "keep_freed_memory",
     "measure_latency",
     "parameter_bytes",
     "parameter_count",
