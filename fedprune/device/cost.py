@@ -35,8 +35,10 @@ def keep_freed_memory() -> bool:
     faults per pass for the MiniLM-shaped BERT at batch 32 x 64 tokens), or not, depending on
     what ran earlier in the process. Fixed thresholds (blocks up to 32 MiB from the heap, no
     trimming below 1 GiB) make every model's repeated forward passes run on pages already
-    mapped, whatever ran before. Call it once at the start of a process that times models.
-    Returns False (nothing changed) where the C library has no glibc ``mallopt``.
+    mapped, whatever ran before (blocks over 32 MiB, glibc's limit, still get fresh pages).
+    Call it once at the start of a process that times models. Returns False (nothing changed)
+    where the C library has no glibc ``mallopt``. Hand-written with ctypes: no Python library
+    exposes ``mallopt``.
     """
     name = ctypes.util.find_library("c")
     mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
