@@ -37,7 +37,7 @@ before movement's mask is final, the regime closer to the one movement pruning i
 the paper recommends soft movement for. ``--settings centralized-xl`` gives 32x (8,192
 sentences): 512 steps per round, 1,536 before movement's mask is final, 2,048 in all, the
 thousands of steps Sanh et al.'s regime asks for; with ``--methods mi,gmp,movement,soft-movement``
-it takes about 80 minutes on the 2-core development machine.
+it took 58 minutes on the 2-core development machine.
 
 Run folders go to ``--out``; an existing complete run is read, not run again, and an
 interrupted one is resumed (``fedprune run --resume``), so the same command finishes a
