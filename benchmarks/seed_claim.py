@@ -277,9 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed_claim: --settings: unknown {unknown[0]!r}; allowed: {', '.join(SETTINGS)}", file=sys.stderr)
         return 2
     chosen = [m for m in args.methods.split(",") if m]
-    if not chosen or any(m not in (DENSE, *PRUNED) for m in chosen):
-        bad = next((m for m in chosen if m not in (DENSE, *PRUNED)), "")
-        print(f"seed_claim: --methods: unknown {bad!r}; allowed: {', '.join((DENSE, *PRUNED))}", file=sys.stderr)
+    unknown = [m for m in chosen if m not in (DENSE, *PRUNED)]
+    if unknown or not chosen:
+        print(f"seed_claim: --methods: unknown {(unknown or [''])[0]!r}; allowed: {', '.join((DENSE, *PRUNED))}",
+              file=sys.stderr)
         return 2
     try:
         sparsities = [float(s) for s in args.sparsities.split(",") if s]
