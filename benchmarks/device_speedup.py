@@ -36,11 +36,14 @@ it runs the dense kernels, so a row whose dense and masked latencies disagree by
 than 15% is timed again (``--retries``) and, if it still disagrees, marked ``*``. All
 numbers come from one run.
 
-Runtime: eager PyTorch by default. ``--compile`` times all three versions compiled alike
-by ``torch.compile`` (inductor, static shapes), compiled once per thread count because
+Runtime (``--runtime``): eager PyTorch by default. ``inductor`` times all three versions compiled
+alike by ``torch.compile`` (inductor, static shapes), compiled once per thread count because
 inductor builds its C++ kernels for a fixed thread count; compilation and a first call
 stay out of the timing, and each row records how far compiled and eager outputs differ.
-Inductor needs a C++ compiler (``g++``).
+Inductor needs a C++ compiler (``g++``). ``onnxruntime`` times each version exported as
+``fedprune export`` writes it (ONNX, dynamic batch and token axes) and run by onnxruntime as
+``fedprune device`` runs it (``onnx_session``), one session per thread count; export and a
+first call stay out of the timing, and each row records how far onnxruntime and eager differ.
 
 GPU rows: where ``torch.cuda.is_available()``, the BERT workloads are also timed on the GPU
 (dense vs squeezed, eager, batch 1 and 32 of the same 64-token inputs), after the CPU rows, in
@@ -53,13 +56,15 @@ Usage::
     python benchmarks/device_speedup.py                 # table on stdout, progress on stderr
     python benchmarks/device_speedup.py --json          # JSON list of rows only on stdout
     python benchmarks/device_speedup.py --quick --json  # MLP, sparsity 0.5, 1 thread (tests)
-    python benchmarks/device_speedup.py --compile       # the same rows, torch.compile'd alike
+    python benchmarks/device_speedup.py --runtime inductor     # the same rows, torch.compile'd alike
+    python benchmarks/device_speedup.py --runtime onnxruntime  # the same rows in onnxruntime
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
 import math
 import os
@@ -72,8 +77,10 @@ import torch
 from torch import nn
 
 from fedprune.device import flops_per_example, keep_freed_memory, measure_latency
+from fedprune.device.export import ATTENTION_MASK, FEATURES, INPUT_IDS, LOGITS, export_onnx, onnx_session
 from fedprune.models import MLP
 from fedprune.models.structure import unit_groups, weight_names
+from fedprune.models.text import TextClassifier, pack_tokens
 from fedprune.pruning import apply_masks, magnitude_masks, mask_sparsity, masked, squeeze
 from fedprune.pruning.pruner import PruneData
 from fedprune.pruning.schedule import CubicSchedule
@@ -85,6 +92,8 @@ WIDTH_MODELS = ("bert-width",)  # structured pruning with prune_hidden
 SPARSITIES = (0.5, 0.7, 0.9)
 GPU_BATCHES = (1, 32)
 TARGET_RATIO = 0.8
+#: --runtime choices: what runs the three versions of every row
+RUNTIMES = ("eager", "inductor", "onnxruntime")
 NOISE_BAND = 1.15  # masked runs the dense kernels: masked_x outside [1/1.15, 1.15] is noise
 DEFAULT_THREADS = torch.get_num_threads()  # read at import, before any set_num_threads
 
@@ -195,12 +204,54 @@ def compile_variants(variants: dict[str, nn.Module], inputs: object,
                 compiled[name] = torch.compile(model, dynamic=False)
                 error = max(error, max_abs_diff(compiled[name], model, inputs))
     except Exception as failure:  # inductor's errors are many and long: name the cause once
-        raise SystemExit(f"--compile: torch.compile failed ({type(failure).__name__}: "
+        raise SystemExit(f"--runtime inductor: torch.compile failed ({type(failure).__name__}: "
                          f"{(str(failure).splitlines() or [''])[0][:200]}); inductor needs "
                          "a C++ compiler (g++) on the PATH") from failure
     finally:
         torch.set_num_threads(previous)
     return compiled, error
+
+
+class OnnxRuntimeModel(nn.Module):
+    """``model`` as ``fedprune export`` writes it (``export_onnx``: ONNX, dynamic batch and token
+    axes) run by onnxruntime as ``fedprune device`` runs it (``onnx_session``, ``threads``
+    intra-op threads); called like ``model``, it returns the logits."""
+
+    def __init__(self, model: nn.Module, inputs: object, threads: int) -> None:
+        super().__init__()
+        text = isinstance(inputs, dict)
+        exported = TextClassifier(model) if text else model
+        batch = pack_tokens(inputs["input_ids"], inputs["attention_mask"]) if text else inputs  # type: ignore[index]
+        buffer = io.BytesIO()
+        export_onnx(exported, batch, buffer)
+        self.session = onnx_session(buffer.getvalue(), threads)
+
+    def forward(self, features: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        named = {FEATURES: features, INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
+        feeds = {name: tensor.numpy() for name, tensor in named.items() if tensor is not None}
+        return torch.from_numpy(self.session.run([LOGITS], feeds)[0])
+
+
+@torch.no_grad()
+def onnxruntime_variants(variants: dict[str, nn.Module], inputs: object,
+                         threads: int) -> tuple[dict[str, nn.Module], float]:
+    """Each variant exported to ONNX and run by onnxruntime on ``threads`` threads
+    (``OnnxRuntimeModel``), and the largest |onnxruntime - eager| output difference."""
+    sessions = {name: OnnxRuntimeModel(model, inputs, threads) for name, model in variants.items()}
+    error = max(max_abs_diff(sessions[name], model, inputs) for name, model in variants.items())
+    return sessions, error
+
+
+RUNTIME_BUILDERS = {"inductor": compile_variants, "onnxruntime": onnxruntime_variants}
+RUNTIME_TITLES = {
+    "eager": "eager PyTorch",
+    "inductor": "torch.compile (inductor, static shapes, compiled per thread count), applied to "
+                "dense, masked and squeezed alike",
+    "onnxruntime": "onnxruntime (CPU; each version exported as fedprune export writes it: ONNX, dynamic "
+                   "batch and token axes; sessions as fedprune device opens them), applied to dense, "
+                   "masked and squeezed alike",
+}
 
 
 def time_variants(variants: dict[str, nn.Module], inputs: object, threads: int,
@@ -227,12 +278,14 @@ def thread_counts(quick: bool) -> list[int]:
 
 def run(models: Sequence[str], sparsities: Sequence[float], threads: Sequence[int],
         min_run_time: float, repeats: int, seed: int = 0, retries: int = 2,
-        compiled: bool = False) -> tuple[list[dict], list[str]]:
+        runtime: str = "eager") -> tuple[list[dict], list[str]]:
     """Benchmark rows (one per model, sparsity, thread count) and the workload titles.
 
     A row whose dense and masked latencies disagree by more than ``NOISE_BAND`` is timed
     again (at most ``retries`` times), keeping the smallest latency of each version.
-    ``compiled``: time the versions as ``compile_variants`` builds them for each thread count.
+    ``runtime``: one of ``RUNTIMES``; other than eager, the versions are timed as
+    ``RUNTIME_BUILDERS[runtime]`` builds them for each thread count (``compile_variants``,
+    ``onnxruntime_variants``).
     """
     rows, titles = [], []
     for name in models:
@@ -253,13 +306,13 @@ def run(models: Sequence[str], sparsities: Sequence[float], threads: Sequence[in
                 f"{masked_sparsity:.3f}, squeeze-vs-masked max |diff| {error:.2e}")
             eager = {"dense": work.model, "masked": masked_model, "squeezed": small}
             for count in threads:
-                variants, compile_error = eager, None
-                if compiled:
-                    compile_started = time.perf_counter()
-                    variants, compile_error = compile_variants(eager, work.inputs, count)
-                    log(f"[{name}] sparsity {sparsity}, {count} thread(s): compiled in "
-                        f"{time.perf_counter() - compile_started:.0f} s, compiled-vs-eager max |diff| "
-                        f"{compile_error:.2e}")
+                variants, runtime_error = eager, None
+                if runtime != "eager":
+                    built_at = time.perf_counter()
+                    variants, runtime_error = RUNTIME_BUILDERS[runtime](eager, work.inputs, count)
+                    log(f"[{name}] sparsity {sparsity}, {count} thread(s): {runtime} built in "
+                        f"{time.perf_counter() - built_at:.0f} s, {runtime}-vs-eager max |diff| "
+                        f"{runtime_error:.2e}")
                 ms = time_variants(variants, work.inputs, count, min_run_time, repeats)
                 for _ in range(retries):  # dense and masked run the same kernels: re-time if they disagree
                     if 1 / NOISE_BAND <= ms["dense"] / ms["masked"] <= NOISE_BAND:
@@ -287,8 +340,8 @@ def run(models: Sequence[str], sparsities: Sequence[float], threads: Sequence[in
                     "dense_flops": dense_flops,
                     "squeezed_flops": squeezed_flops,
                     "squeeze_max_abs_diff": error,
-                    "runtime": "inductor" if compiled else "eager",
-                    "compile_max_abs_diff": compile_error,
+                    "runtime": runtime,
+                    "runtime_max_abs_diff": runtime_error,
                     "kept_units": kept,
                     "batch": work.batch,
                 })
@@ -367,15 +420,13 @@ def is_noisy(row: dict) -> bool:
 
 def format_table(rows: list[dict], titles: list[str], min_run_time: float, repeats: int,
                  load: tuple[float, float]) -> str:
-    compiled = any(row.get("runtime") == "inductor" for row in rows)
-    runtime = ("torch.compile (inductor, static shapes, compiled per thread count), applied to "
-               "dense, masked and squeezed alike" if compiled else "eager PyTorch")
+    runtime = rows[0].get("runtime", "eager") if rows else "eager"
     header = ("model", "sparsity", "struct_sp", "threads", "dense_ms", "masked_ms", "squeezed_ms",
               "masked_x", "squeezed_x", "flop_limit", "ratio", "target")
     lines = [
         f"On-device CPU latency, dense vs masked vs squeezed (torch {torch.__version__}, "
         f"{os.cpu_count()} CPUs, threads 1 and all = {DEFAULT_THREADS})",
-        f"  runtime: {runtime}",
+        f"  runtime: {RUNTIME_TITLES[runtime]}",
         *(f"  {title}" for title in titles),
         "",
     ]
@@ -413,10 +464,10 @@ def format_table(rows: list[dict], titles: list[str], min_run_time: float, repea
         f"disagree by more than {NOISE_BAND - 1:.0%} although they run the same kernels "
         f"({len(noisy)} row(s)): other load on the machine, read those rows with care.",
     ]
-    if compiled:
-        worst = max(row["compile_max_abs_diff"] for row in rows)
-        lines.append(f"compiled outputs match eager within {worst:.1e} (max |logit diff| over all versions); "
-                     "compilation and a first call are not timed.")
+    if runtime != "eager":
+        worst = max(row["runtime_max_abs_diff"] for row in rows)
+        lines.append(f"{runtime} outputs match eager within {worst:.1e} (max |logit diff| over all versions); "
+                     "compilation or export and a first call are not timed.")
     if DEFAULT_THREADS > 1 and any(row["threads"] > 1 for row in rows):
         lines.append(
             f"threads={DEFAULT_THREADS} uses every core: any other process stalls whole OpenMP "
@@ -459,9 +510,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--retries", type=int, default=None,
                         help="re-time a row up to this many times when dense and masked latencies "
                              "disagree by more than 15%% (default 2; 0 with --quick)")
-    parser.add_argument("--compile", action="store_true",
-                        help="time dense, masked and squeezed compiled alike by torch.compile "
-                             "(inductor; needs g++); default: eager PyTorch")
+    parser.add_argument("--runtime", default="eager", choices=RUNTIMES,
+                        help="what runs dense, masked and squeezed alike: eager PyTorch (default), "
+                             "inductor (torch.compile; needs g++) or onnxruntime (the ONNX file "
+                             "fedprune export writes)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.models = ["mlp"] if args.quick else [m.strip() for m in args.models.split(",") if m.strip()]
@@ -488,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     started = time.perf_counter()
     rows, titles = run(args.models, sparsities, thread_counts(args.quick), args.min_run_time,
-                       args.repeats, args.seed, args.retries, args.compile)
+                       args.repeats, args.seed, args.retries, args.runtime)
     gpu = [] if args.quick or not torch.cuda.is_available() else gpu_rows(
         args.models, sparsities, args.min_run_time, args.repeats, args.seed)
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -104,10 +104,13 @@ def test_table_output_and_options(bench, capsys) -> None:
 
 
 def test_eager_is_the_default_runtime(bench, quick_rows) -> None:
-    assert quick_rows[0]["runtime"] == "eager" and quick_rows[0]["compile_max_abs_diff"] is None
-    assert not bench.parse_args([]).compile and bench.parse_args(["--compile"]).compile
+    assert quick_rows[0]["runtime"] == "eager" and quick_rows[0]["runtime_max_abs_diff"] is None
+    assert bench.parse_args([]).runtime == "eager"
+    assert bench.parse_args(["--runtime", "inductor"]).runtime == "inductor"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--runtime", "tflite"])
     text = bench.format_table(quick_rows, ["MLP"], 0.05, 1, (0.0, 0.0))
-    assert "runtime: eager PyTorch" in text and "compiled outputs" not in text
+    assert "runtime: eager PyTorch" in text and "outputs match eager" not in text
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="inductor needs a C++ compiler")
@@ -119,10 +122,10 @@ def test_compile_mode_times_compiled_models_that_match_eager(bench) -> None:
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        assert bench.main(["--quick", "--json", "--compile"]) == 0
+        assert bench.main(["--quick", "--json", "--runtime", "inductor"]) == 0
     (row,) = json.loads(out.getvalue())
-    assert row["runtime"] == "inductor" and "compiled in" in err.getvalue()
-    assert 0 <= row["compile_max_abs_diff"] < 1e-4
+    assert row["runtime"] == "inductor" and "inductor built in" in err.getvalue()
+    assert 0 <= row["runtime_max_abs_diff"] < 1e-4
     assert row["squeezed_ms"] > 0 and row["flop_limit"] == pytest.approx(2.0, rel=0.02)
     # Inductor bakes the thread count into its kernels: compile_variants builds them for the
     # count asked for and leaves torch's own count as it found it.
@@ -131,7 +134,7 @@ def test_compile_mode_times_compiled_models_that_match_eager(bench) -> None:
     assert torch.get_num_threads() == before and error < 1e-6
     assert isinstance(variants["m"], torch._dynamo.eval_frame.OptimizedModule)
     text = bench.format_table([row], ["MLP"], 0.05, 1, (0.0, 0.0))
-    assert "runtime: torch.compile (inductor" in text and "compiled outputs match eager" in text
+    assert "runtime: torch.compile (inductor" in text and "inductor outputs match eager" in text
 
 
 def test_compile_failure_is_one_clear_error(bench, monkeypatch) -> None:
@@ -144,8 +147,40 @@ def test_compile_failure_is_one_clear_error(bench, monkeypatch) -> None:
     with pytest.raises(SystemExit) as failure:
         bench.compile_variants({"m": torch.nn.Linear(4, 3)}, torch.randn(2, 4), 1)
     message = str(failure.value)
-    assert message.startswith("--compile: torch.compile failed (RuntimeError: no compiler found)")
+    assert message.startswith("--runtime inductor: torch.compile failed (RuntimeError: no compiler found)")
     assert "g++" in message and "\n" not in message
+
+
+def test_onnxruntime_mode_times_the_exported_files(bench, monkeypatch) -> None:
+    """``--runtime onnxruntime``: every version runs from its ONNX export in onnxruntime, not
+    from the torch module: the session holds no torch parameters and keeps the exported
+    weights when the module's change; its logits match eager on the MLP and on a small BERT."""
+    pytest.importorskip("onnxruntime")
+    import contextlib
+    import io
+
+    import torch
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert bench.main(["--quick", "--json", "--runtime", "onnxruntime"]) == 0
+    (row,) = json.loads(out.getvalue())
+    assert row["runtime"] == "onnxruntime" and "onnxruntime built in" in err.getvalue()
+    assert 0 <= row["runtime_max_abs_diff"] < 1e-4 and row["squeezed_ms"] > 0
+    text = bench.format_table([row], ["MLP"], 0.05, 1, (0.0, 0.0))
+    assert "runtime: onnxruntime" in text and "onnxruntime outputs match eager" in text
+
+    monkeypatch.setattr(bench, "BERT", dict(bench.BERT, layers=1, hidden=32, heads=4, intermediate=64,
+                                            vocab=50, tokens=8))
+    work = bench.build_bert(0)
+    sessions, error = bench.onnxruntime_variants({"dense": work.model}, work.inputs, 1)
+    assert error < 1e-4 and not list(sessions["dense"].parameters())
+    before = bench.logits(sessions["dense"], work.inputs)
+    with torch.no_grad():
+        for parameter in work.model.parameters():
+            parameter.mul_(0.5)
+    assert torch.equal(bench.logits(sessions["dense"], work.inputs), before)
+    assert (bench.logits(work.model, work.inputs) - before).abs().max() > 1e-3
 
 
 def test_gpu_rows_time_dense_and_squeezed_at_batch_1_and_32_on_the_device(bench, monkeypatch) -> None:
