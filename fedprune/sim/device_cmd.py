@@ -86,7 +86,8 @@ def run_device(run_dir: Path) -> str:
         "# Personal models on the device\n\nBatch 32; latency is the median of "
         "torch.utils.benchmark at the profile's thread count (1 without a profile); speedup is "
         "dense latency / personal latency (freed memory kept for reuse, so no model page-faults its buffers on "
-        "every pass); ORT ms and ORT speedup: the same models exported to ONNX and "
+        "every pass); ORT ms and ORT speedup: the same models exported to ONNX as fedprune export writes them "
+        "(dynamic batch and token axes) and "
         "run by onnxruntime (as many intra-op threads, the same batch, the same repeat policy), against the "
         "dense model in onnxruntime; FLOP limit is dense FLOPs / personal FLOPs.\n\n" + text + "\n")
     return text
