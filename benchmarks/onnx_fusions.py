@@ -44,7 +44,7 @@ import device_speedup as bench  # noqa: E402  (the sibling script, not a package
 
 from fedprune.device import flops_per_example, keep_freed_memory  # noqa: E402
 from fedprune.device.cost import time_call  # noqa: E402
-from fedprune.device.export import LOGITS, export_onnx, session_options  # noqa: E402
+from fedprune.device.export import ATTENTION_MASK, INPUT_IDS, LOGITS, OPSET, export_onnx, session_options  # noqa: E402
 from fedprune.models.text import TextClassifier, pack_tokens  # noqa: E402
 from fedprune.pruning import squeeze  # noqa: E402
 
@@ -68,13 +68,13 @@ def onnx_bytes(model: nn.Module, inputs: dict[str, torch.Tensor], static: bool) 
     """``model`` as ONNX: with fixed input shapes, or as ``fedprune export`` writes it."""
     buffer = io.BytesIO()
     if not static:
-        export_onnx(TextClassifier(model), pack_tokens(inputs["input_ids"], inputs["attention_mask"]), buffer)
+        export_onnx(TextClassifier(model), pack_tokens(inputs[INPUT_IDS], inputs[ATTENTION_MASK]), buffer)
         return buffer.getvalue()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Logits(model).eval(), (inputs["input_ids"], inputs["attention_mask"]), buffer,
-                          input_names=["input_ids", "attention_mask"], output_names=[LOGITS],
-                          opset_version=18, dynamo=False)
+        torch.onnx.export(_Logits(model).eval(), (inputs[INPUT_IDS], inputs[ATTENTION_MASK]), buffer,
+                          input_names=[INPUT_IDS, ATTENTION_MASK], output_names=[LOGITS],
+                          opset_version=OPSET, dynamo=False)
     return buffer.getvalue()
 
 
@@ -98,9 +98,7 @@ def fused_nodes(model: bytes, setting: str) -> int:
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "optimized.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            session(model, setting, 1, path)
+        session(model, setting, 1, path)  # onnxruntime writes the optimized graph as it opens it
         return sum(node.op_type == "SkipLayerNormalization" for node in onnx.load(str(path)).graph.node)
 
 
