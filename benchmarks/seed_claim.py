@@ -63,6 +63,7 @@ from fedprune.pruning.soft_movement import CONFIGURED_KEEPS, EFFECTIVE_THRESHOLD
 SPARSITIES = (0.5, 0.7, 0.9)
 PRUNED = ("mi", "mi-post", "gmp", "movement", "soft-movement")
 DENSE = "fedavg"
+METHODS = (DENSE, *PRUNED)  #: every method --methods may name, in run order
 EXAMPLES, TEST_EXAMPLES = 256, 400
 LONG_EXAMPLES = 2048
 XL_EXAMPLES = 8192
@@ -267,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default="centralized,federated",
                         help="comma list of: " + ", ".join(SETTINGS))
     parser.add_argument("--sparsities", default=",".join(str(s) for s in SPARSITIES))
-    parser.add_argument("--methods", default=",".join((DENSE, *PRUNED)),
-                        help="comma list of: " + ", ".join((DENSE, *PRUNED)) + " (default: all)")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma list of: " + ", ".join(METHODS) + " (default: all)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     settings = [s for s in args.settings.split(",") if s]
@@ -277,9 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed_claim: --settings: unknown {unknown[0]!r}; allowed: {', '.join(SETTINGS)}", file=sys.stderr)
         return 2
     chosen = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in chosen if m not in (DENSE, *PRUNED)]
+    unknown = [m for m in chosen if m not in METHODS]
     if unknown or not chosen:
-        print(f"seed_claim: --methods: unknown {(unknown or [''])[0]!r}; allowed: {', '.join((DENSE, *PRUNED))}",
+        print(f"seed_claim: --methods: unknown {(unknown or [''])[0]!r}; allowed: {', '.join(METHODS)}",
               file=sys.stderr)
         return 2
     try:
